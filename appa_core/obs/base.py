@@ -1,0 +1,208 @@
+r"""Observation operators: the base classes every operator family derives from.
+
+An operator :math:`\mathcal{H}` maps a state trajectory ``x`` ``[B, T, C, H, W]`` (physical units) to predicted
+observations ``[B, M]``. Its life cycle:
+
+1. **construction** (attrs): observation values, locations, times and a noise model; the input is validated here
+   (NaN values, latitudes outside [-90, 90], mismatched lengths, empty input).
+2. ``prepare(grid, spec, times)``: checks the operator against the state's grid, variables and time window (an
+   unknown variable, a level the prior does not model, a time outside the window) and precomputes the geometry
+   (interpolation weights, swath footprints) once, vectorised.
+3. ``op(x)``: batched and differentiable.
+
+Linear operators (:class:`SparseLinearOperator`) are affine maps :math:`\mathcal{H}(x) = A\,\mathrm{vec}(x) + b`
+with a sparse ``A`` ``[M, T*C*H*W]`` (``matrix()``), acting on ``x[b].reshape(-1)``.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import ClassVar, Self
+
+import attrs
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import Tensor
+
+from appa_core.grid import Grid
+from appa_core.noise import DiagonalGaussian, NoiseModel
+from appa_core.obs._validate import check_times_in_window, to_datetime64
+from appa_core.spec import StateSpec
+
+__all__ = ["ObsOperator", "SparseLinearOperator", "time_interpolation"]
+
+
+def time_interpolation(owner: str, obs_times: np.ndarray, window: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Linear interpolation in time between the window's states.
+
+    Args:
+        owner: operator name for error messages.
+        obs_times: observation times ``datetime64[ns]`` ``[M]``.
+        window: the window's state times ``datetime64[ns]`` ``[T]``, strictly increasing.
+
+    Returns:
+        ``(i0, i1, w1)``, each ``[M]``: the observation at time ``t`` is ``(1 - w1) x[i0] + w1 x[i1]``.
+    """
+    check_times_in_window(owner, obs_times, window)
+    t = obs_times.astype("int64").astype(np.float64)
+    w = window.astype("int64").astype(np.float64)
+    if w.size == 1:
+        zeros = np.zeros(t.shape, dtype=np.int64)
+        return zeros, zeros, np.zeros(t.shape)
+    i1 = np.clip(np.searchsorted(w, t, side="right"), 1, w.size - 1)
+    i0 = i1 - 1
+    w1 = np.clip((t - w[i0]) / (w[i1] - w[i0]), 0.0, 1.0)
+    return i0.astype(np.int64), i1.astype(np.int64), w1
+
+
+@attrs.define(kw_only=True, eq=False)
+class ObsOperator(abc.ABC):
+    """Base class of observation operators.
+
+    Attributes:
+        noise: the noise model of this operator's observations; ``None`` picks :meth:`default_noise`. It is bound
+            to the operator's ``M`` observations at construction.
+        name: a label for diagnostics (defaults to the class name).
+    """
+
+    noise: NoiseModel | None = attrs.field(default=None)
+    name: str | None = attrs.field(default=None)
+
+    linear: ClassVar[bool] = False
+
+    grid: Grid | None = attrs.field(default=None, init=False, repr=False)
+    spec: StateSpec | None = attrs.field(default=None, init=False, repr=False)
+    window: np.ndarray | None = attrs.field(default=None, init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.name is None:
+            self.name = type(self).__name__
+        self.validate()
+        if self.noise is None:
+            self.noise = self.default_noise()
+        if not isinstance(self.noise, NoiseModel):
+            raise TypeError(f"{self.name}: field 'noise' must be a NoiseModel, got {type(self.noise).__name__}")
+        self.noise = self.noise.expand(self.size)
+
+    # ------------------------------------------------------------------ to implement
+    def validate(self) -> None:
+        """Check the constructor's fields; raise ``ValueError``/``TypeError`` naming the field and value."""
+
+    def default_noise(self) -> NoiseModel:
+        """The family's default noise model (unsized models are expanded to ``M``)."""
+        return DiagonalGaussian(1.0)
+
+    @property
+    @abc.abstractmethod
+    def size(self) -> int:
+        """Number of observations ``M``."""
+
+    @property
+    @abc.abstractmethod
+    def values(self) -> Tensor:
+        """The observations ``y`` ``[M]`` float64, in the observed quantity's units."""
+
+    @abc.abstractmethod
+    def _prepare(self, grid: Grid, spec: StateSpec, times: np.ndarray) -> None:
+        """Validate against the state and precompute geometry (called by :meth:`prepare`)."""
+
+    @abc.abstractmethod
+    def forward(self, x: Tensor) -> Tensor:
+        """Predicted observations ``[B, M]`` from states ``[B, T, C, H, W]`` (after :meth:`prepare`)."""
+
+    def metadata(self) -> dict[str, np.ndarray]:
+        """Per-observation arrays (``[M]`` each) for diagnostics: location, time, variable, ..."""
+        return {}
+
+    # ------------------------------------------------------------------ provided
+    @property
+    def prepared(self) -> bool:
+        return self.grid is not None
+
+    def prepare(self, grid: Grid, spec: StateSpec, times: object) -> Self:
+        """Bind the operator to a state layout and a window of ``T`` times, precomputing its geometry.
+
+        Args:
+            grid: the state's horizontal grid.
+            spec: the state's variables and levels.
+            times: the window's state times ``[T]`` (``datetime64`` or ISO strings), strictly increasing.
+        """
+        window = to_datetime64(f"{self.name}.prepare", "times", times)
+        if window.size > 1 and np.any(np.diff(window.astype("int64")) <= 0):
+            raise ValueError(f"{self.name}.prepare: field 'times' must be strictly increasing, got {window}")
+        self._prepare(grid, spec, window)
+        self.grid, self.spec, self.window = grid, spec, window
+        return self
+
+    def _check_state(self, x: Tensor) -> None:
+        if not self.prepared:
+            raise RuntimeError(f"{self.name}: call prepare(grid, spec, times) before applying the operator")
+        assert self.grid is not None and self.spec is not None and self.window is not None
+        expected = (self.window.size, self.spec.n_channels, *self.grid.shape)
+        if x.ndim != 5 or tuple(x.shape[1:]) != expected:
+            raise ValueError(
+                f"{self.name}: state must have shape [B, {', '.join(map(str, expected))}] ([B, T, C, H, W]), "
+                f"got {list(x.shape)}"
+            )
+
+    def __call__(self, x: Tensor) -> Tensor:
+        self._check_state(x)
+        return self.forward(x)
+
+    def matrix(self) -> sp.csr_array:
+        """The sparse matrix ``A`` ``[M, T*C*H*W]`` of a linear operator (after :meth:`prepare`)."""
+        raise TypeError(f"{self.name}: operator is nonlinear and has no matrix")
+
+
+@attrs.define(kw_only=True, eq=False)
+class SparseLinearOperator(ObsOperator):
+    r"""An affine operator :math:`\mathcal{H}(x) = A\,\mathrm{vec}(x) + b` with a sparse ``A``.
+
+    Subclasses build ``A`` (scipy CSR, ``[M, T*C*H*W]``) and optionally ``b`` (``[M]``) in ``_prepare`` and store
+    them with :meth:`_set_matrix`; ``forward`` is then a sparse matrix product, batched over ``B`` and
+    differentiable with respect to ``x``.
+    """
+
+    linear: ClassVar[bool] = True
+
+    _A: sp.csr_array | None = attrs.field(default=None, init=False, repr=False)
+    _b: np.ndarray | None = attrs.field(default=None, init=False, repr=False)
+    _cache: dict[tuple[torch.dtype, str], tuple[Tensor, Tensor, Tensor, Tensor | None]] = attrs.field(
+        factory=dict, init=False, repr=False
+    )
+
+    def _set_matrix(self, A: sp.sparray | sp.spmatrix, b: np.ndarray | None = None) -> None:
+        A = sp.csr_array(A, dtype=np.float64)
+        if A.shape[0] != self.size:
+            raise ValueError(f"{self.name}: matrix has {A.shape[0]} rows but there are {self.size} observations")
+        A.sum_duplicates()
+        self._A, self._b, self._cache = A, None if b is None else np.asarray(b, dtype=np.float64), {}
+
+    def matrix(self) -> sp.csr_array:
+        if self._A is None:
+            raise RuntimeError(f"{self.name}: call prepare(grid, spec, times) before matrix()")
+        return self._A
+
+    def offset(self) -> np.ndarray:
+        """The affine offset ``b`` ``[M]`` (zeros for purely linear operators)."""
+        return np.zeros(self.size) if self._b is None else self._b
+
+    def _torch_matrix(self, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        key = (dtype, str(device))
+        if key not in self._cache:
+            A = self.matrix().tocoo()
+            rows = torch.as_tensor(A.row, dtype=torch.int64, device=device)
+            cols = torch.as_tensor(A.col, dtype=torch.int64, device=device)
+            data = torch.as_tensor(A.data, dtype=dtype, device=device)
+            b = None if self._b is None else torch.as_tensor(self._b, dtype=dtype, device=device)
+            self._cache[key] = (rows, cols, data, b)
+        return self._cache[key]
+
+    def forward(self, x: Tensor) -> Tensor:
+        # gather + index_add rather than a torch.sparse product: it supports forward-mode AD (jvp), vmap and
+        # double backward, which the guidance needs.
+        rows, cols, data, b = self._torch_matrix(x.dtype, x.device)
+        flat = x.reshape(x.shape[0], -1)
+        out = flat.new_zeros(x.shape[0], self.size).index_add(1, rows, flat[:, cols] * data)
+        return out if b is None else out + b
