@@ -112,7 +112,9 @@ class Grid:
         w = np.sin(b[:-1]) - np.sin(b[1:])
         return w / w.mean()
 
-    def area_weights_tensor(self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
+    def area_weights_tensor(
+        self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+    ) -> Tensor:
         """:meth:`area_weights` as a tensor of shape ``[H, 1]`` ready to broadcast over ``[..., H, W]``."""
         return torch.as_tensor(self.area_weights(), dtype=dtype, device=device)[:, None]
 

@@ -35,7 +35,8 @@ def _std_tensor(owner: str, field: str, value: object) -> Tensor:
         raise ValueError(f"{owner}: field {field!r} must be a scalar or 1-D, got shape {tuple(t.shape)}")
     bad = ~torch.isfinite(t) | (t <= 0)
     if bad.any():
-        raise ValueError(f"{owner}: field {field!r} has value {t.reshape(-1)[bad.reshape(-1)][0].item()}; must be > 0 and finite")
+        value = t.reshape(-1)[bad.reshape(-1)][0].item()
+        raise ValueError(f"{owner}: field {field!r} has value {value}; must be > 0 and finite")
     return t
 
 
@@ -183,9 +184,7 @@ class BlockDiagonal(NoiseModel):
 
     def cov_matvec(self, v: Tensor, weights: Tensor | None = None) -> Tensor:
         ws = [None] * len(self.models) if weights is None else self._split(weights)
-        return torch.cat(
-            [m.cov_matvec(x, w) for m, x, w in zip(self.models, self._split(v), ws, strict=True)], dim=-1
-        )
+        return torch.cat([m.cov_matvec(x, w) for m, x, w in zip(self.models, self._split(v), ws, strict=True)], dim=-1)
 
     def dense_cov(self) -> Tensor:
         return torch.block_diag(*[m.dense_cov() for m in self.models])

@@ -134,9 +134,7 @@ class StateSpec:
                     f"{owner}: level {level} hPa of {variable!r} is not modelled; levels are {list(self.levels)}"
                 )
             return (
-                len(self.surface)
-                + self.atmospheric.index(variable) * len(self.levels)
-                + self.levels.index(int(level))
+                len(self.surface) + self.atmospheric.index(variable) * len(self.levels) + self.levels.index(int(level))
             )
         raise ValueError(f"{owner}: variable {variable!r} is not modelled; known variables are {list(self.variables)}")
 
@@ -152,9 +150,7 @@ class StateSpec:
         """Raise a ``ValueError`` naming ``owner`` for the first variable not in the spec."""
         for v in variables:
             if v not in self.variables:
-                raise ValueError(
-                    f"{owner}: variable {v!r} is not modelled; known variables are {list(self.variables)}"
-                )
+                raise ValueError(f"{owner}: variable {v!r} is not modelled; known variables are {list(self.variables)}")
 
     def to_dict(self) -> dict[str, object]:
         return {

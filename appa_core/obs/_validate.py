@@ -89,7 +89,9 @@ def to_datetime64(owner: str, field: str, values: object) -> np.ndarray:
     try:
         array = np.atleast_1d(np.asarray(values)).astype("datetime64[ns]")
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"{owner}: field {field!r} must hold times (datetime64 or ISO strings), got {values!r:.80}") from exc
+        raise TypeError(
+            f"{owner}: field {field!r} must hold times (datetime64 or ISO strings), got {values!r:.80}"
+        ) from exc
     if np.isnat(array).any():
         i = int(np.flatnonzero(np.isnat(array))[0])
         raise ValueError(f"{owner}: field {field!r} has value NaT at index {i}")
@@ -102,6 +104,4 @@ def check_times_in_window(owner: str, times: np.ndarray, window: np.ndarray, fie
     bad = (times < lo) | (times > hi)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(
-            f"{owner}: field {field!r} has value {times[i]} at index {i} outside the window [{lo}, {hi}]"
-        )
+        raise ValueError(f"{owner}: field {field!r} has value {times[i]} at index {i} outside the window [{lo}, {hi}]")

@@ -33,7 +33,9 @@ from appa_core.spec import StateSpec
 __all__ = ["ObsOperator", "SparseLinearOperator", "time_interpolation"]
 
 
-def time_interpolation(owner: str, obs_times: np.ndarray, window: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def time_interpolation(
+    owner: str, obs_times: np.ndarray, window: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Linear interpolation in time between the window's states.
 
     Args:
