@@ -1,0 +1,378 @@
+r"""The shared engine of the satellite operators (private).
+
+Both operators predict, for each of ``N`` footprints and each of its ``K`` components (observed variables for
+``SwathOp``, channels for ``RadianceOp``),
+
+.. math:: y_{n,c} = \sum_l V_{n,c,l}\, P_{n,l}, \qquad
+          P_{n,l} = \sum_k w_{n,k}\,\big[(1-\alpha_n)\, x_{t_0(n),\,s_l,\,k} + \alpha_n\, x_{t_1(n),\,s_l,\,k}\big],
+
+where :math:`w_{n,k}` is the footprint-averaging stencil (:mod:`appa_op_satellite.footprint`), :math:`(t_0, t_1,
+\alpha)` the linear time interpolation between the window's states (:func:`appa_core.obs.time_interpolation`),
+:math:`s_l` the ``L`` state channels the operator reads (its "profile") and :math:`V` ``[N or 1, K, L]`` the
+vertical weights (identity for ``SwathOp``, the weighting functions for ``RadianceOp``). Observations are ordered
+footprint-major: ``m = n * K + c``.
+
+The forward pass is factored: gather the profile ``P`` ``[B, L, N]`` (gather + ``index_add``), then contract with
+``V``; this costs ``O(L * nnz(w))`` instead of ``O(K * L * nnz(w))`` for the explicit matrix, supports jvp/vjp/vmap,
+and the sparse matrix ``[N*K, T*C*H*W]`` is only built when :meth:`matrix` is called.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Self
+
+import attrs
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import Tensor
+
+from appa_core.grid import Grid
+from appa_core.obs import SparseLinearOperator, time_interpolation
+from appa_core.obs._validate import (
+    check_finite,
+    check_lat,
+    check_lon,
+    check_nonempty,
+    check_positive,
+    check_same_length,
+    to_datetime64,
+    to_float_array,
+)
+from appa_core.spec import StateSpec
+from appa_op_satellite.footprint import KERNELS, FootprintStencil, footprint_stencil
+from appa_op_satellite.orbit import Footprints, Orbit, Swath
+
+__all__ = ["FootprintOperator"]
+
+
+def _optional_per_footprint(owner: str, field: str, value: object, n: int, positive: bool) -> np.ndarray | None:
+    if value is None:
+        return None
+    array = to_float_array(owner, field, value, ndim=None)
+    if array.ndim == 0:
+        array = np.full(n, float(array))
+    if array.ndim != 1 or array.size != n:
+        raise ValueError(f"{owner}: field {field!r} must be a scalar or have {n} values (one per footprint)")
+    if positive:
+        check_positive(owner, field, array)
+    else:
+        check_finite(owner, field, array)
+    return array
+
+
+@attrs.define(kw_only=True, eq=False)
+class FootprintOperator(SparseLinearOperator):
+    """Base of the footprint operators: ``N`` footprints with ``K`` observed components each.
+
+    Attributes:
+        lat, lon: footprint centres ``[N]``, degrees (lon in [-180, 360], wrapped to [0, 360)).
+        time: observation times ``[N]`` (``datetime64`` or ISO strings), within the window at ``prepare``.
+        values: observations ``[N, K]`` (``[N]`` when ``K = 1``).
+        radius_km: footprint radius, km, scalar or ``[N]``; ``None`` = point observations (bilinear).
+        kernel: footprint weighting, ``"gaussian"`` (half power at the radius) or ``"tophat"``.
+        method: ``"auto"`` (kernel if the radius is at least the grid spacing, else bilinear), ``"kernel"``,
+            ``"bilinear"``.
+        zenith_deg: satellite zenith angle per footprint ``[N]``, degrees (metadata; ``RadianceOp`` uses it).
+        scan_position: scan position per footprint ``[N]`` (metadata).
+    """
+
+    lat: Any = attrs.field()
+    lon: Any = attrs.field()
+    time: Any = attrs.field()
+    _y: Any = attrs.field(alias="values")
+    radius_km: Any = attrs.field(default=None)
+    kernel: str = attrs.field(default="gaussian")
+    method: str = attrs.field(default="auto")
+    zenith_deg: Any = attrs.field(default=None)
+    scan_position: Any = attrs.field(default=None)
+
+    _stencil: FootprintStencil | None = attrs.field(default=None, init=False, repr=False)
+    _profile_channels: np.ndarray | None = attrs.field(default=None, init=False, repr=False)
+    _vertical: np.ndarray | None = attrs.field(default=None, init=False, repr=False)
+    _time_weights: tuple[np.ndarray, np.ndarray, np.ndarray] | None = attrs.field(default=None, init=False, repr=False)
+    _st: tuple[np.ndarray, np.ndarray, np.ndarray] | None = attrs.field(default=None, init=False, repr=False)
+    _tensors: dict[tuple[torch.dtype, str], tuple[Tensor, ...]] = attrs.field(factory=dict, init=False, repr=False)
+
+    linear: ClassVar[bool] = True
+
+    # ------------------------------------------------------------------ subclass hooks
+    @property
+    def n_components(self) -> int:
+        """``K``, the observations per footprint."""
+        raise NotImplementedError
+
+    def _validate_components(self) -> None:
+        """Check the subclass's own fields (variables, channels...)."""
+
+    def _vertical_weights(self, spec: StateSpec) -> tuple[np.ndarray, np.ndarray]:
+        """``(profile_channels [L] int64, V [N or 1, K, L] float64)`` for the state layout ``spec``."""
+        raise NotImplementedError
+
+    def _component_metadata(self) -> dict[str, np.ndarray]:
+        """Per-component metadata arrays ``[K]`` (repeated over footprints by :meth:`metadata`)."""
+        return {}
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        owner = str(self.name)
+        self._validate_components()
+        lat = np.atleast_1d(to_float_array(owner, "lat", self.lat, ndim=None))
+        lon = np.atleast_1d(to_float_array(owner, "lon", self.lon, ndim=None))
+        if lat.ndim != 1 or lon.ndim != 1:
+            raise ValueError(f"{owner}: fields 'lat' and 'lon' must be 1-D, got shapes {lat.shape} and {lon.shape}")
+        time = to_datetime64(owner, "time", self.time)
+        values = to_float_array(owner, "values", self._y, ndim=None)
+        check_nonempty(owner, "lat", lat)
+        k = self.n_components
+        if values.ndim == 1 and k == 1:
+            values = values[:, None]
+        if values.ndim != 2 or values.shape[1] != k:
+            raise ValueError(
+                f"{owner}: field 'values' must have shape [N, {k}] (one column per {self._component_word}), "
+                f"got {list(values.shape)}"
+            )
+        check_same_length(owner, lat=lat, lon=lon, time=time, values=values)
+        check_lat(owner, lat)
+        check_lon(owner, lon)
+        check_finite(owner, "values", values)
+        n = lat.size
+        radius = _optional_per_footprint(owner, "radius_km", self.radius_km, n, positive=True)
+        zenith = _optional_per_footprint(owner, "zenith_deg", self.zenith_deg, n, positive=False)
+        if zenith is not None and (np.abs(zenith) >= 90).any():
+            i = int(np.flatnonzero(np.abs(zenith) >= 90)[0])
+            raise ValueError(f"{owner}: field 'zenith_deg' has value {zenith[i]} at index {i} outside (-90, 90)")
+        scan = None
+        if self.scan_position is not None:
+            scan = np.asarray(self.scan_position)
+            if scan.shape != (n,):
+                raise ValueError(f"{owner}: field 'scan_position' must have {n} values, got shape {scan.shape}")
+        if self.kernel not in KERNELS:
+            raise ValueError(f"{owner}: field 'kernel' has value {self.kernel!r}; use one of {sorted(KERNELS)}")
+        if self.method not in ("auto", "kernel", "bilinear"):
+            raise ValueError(f"{owner}: field 'method' has value {self.method!r}; use 'auto', 'kernel' or 'bilinear'")
+        self.lat, self.lon, self.time, self._y = lat, np.mod(lon, 360.0), time, values
+        self.radius_km, self.zenith_deg, self.scan_position = radius, zenith, scan
+
+    _component_word: ClassVar[str] = "component"
+
+    # ------------------------------------------------------------------ ObsOperator API
+    @property
+    def n_footprints(self) -> int:
+        return int(self.lat.size)
+
+    @property
+    def size(self) -> int:
+        return self.n_footprints * self.n_components
+
+    @property
+    def values(self) -> Tensor:
+        """Observations ``[N * K]`` float64, footprint-major."""
+        return torch.as_tensor(np.ascontiguousarray(self._y).reshape(-1), dtype=torch.float64)
+
+    def _prepare(self, grid: Grid, spec: StateSpec, times: np.ndarray) -> None:
+        channels, vertical = self._vertical_weights(spec)
+        i0, i1, w1 = time_interpolation(str(self.name), self.time, times)
+        stencil = footprint_stencil(grid, self.lat, self.lon, self.radius_km, self.kernel, self.method)  # type: ignore[arg-type]
+        self._profile_channels = np.asarray(channels, dtype=np.int64)
+        self._vertical = np.asarray(vertical, dtype=np.float64)
+        self._time_weights = (i0, i1, w1)
+        self._stencil = stencil
+        self._A, self._b, self._cache, self._tensors = None, None, {}, {}
+        self._st = self._space_time(grid, spec)
+
+    def _space_time(self, grid: Grid, spec: StateSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Space-time stencil ``(rows [E], base_cols [E], w [E])``: ``P[n, l] = sum w x_flat[base + s_l * H*W]``."""
+        assert self._stencil is not None and self._time_weights is not None
+        st = self._stencil
+        i0, i1, w1 = self._time_weights
+        hw = grid.nlat * grid.nlon
+        r = st.rows
+        a = w1[r]
+        rows = np.concatenate([r, r])
+        times = np.concatenate([i0[r], i1[r]])
+        w = np.concatenate([st.weights * (1.0 - a), st.weights * a])
+        keep = w != 0
+        base = times[keep] * (spec.n_channels * hw) + np.concatenate([st.cells, st.cells])[keep]
+        return rows[keep], base, w[keep]
+
+    def _torch_parts(self, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, ...]:
+        key = (dtype, str(device))
+        if key not in self._tensors:
+            assert self.grid is not None and self._vertical is not None and self._st is not None
+            rows, base, w = self._st
+            hw = self.grid.nlat * self.grid.nlon
+            cols = base[None, :] + self._profile_channels[:, None] * hw  # [L, E]
+            self._tensors[key] = (
+                torch.as_tensor(rows, dtype=torch.int64, device=device),
+                torch.as_tensor(cols, dtype=torch.int64, device=device),
+                torch.as_tensor(w, dtype=dtype, device=device),
+                torch.as_tensor(self._vertical, dtype=dtype, device=device),
+            )
+        return self._tensors[key]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[B, T, C, H, W]`` -> ``[B, N * K]`` (see the module docstring)."""
+        rows, cols, w, vertical = self._torch_parts(x.dtype, x.device)
+        flat = x.reshape(x.shape[0], -1)
+        gathered = flat[:, cols] * w  # [B, L, E]
+        profile = gathered.new_zeros(x.shape[0], cols.shape[0], self.n_footprints).index_add(2, rows, gathered)
+        out = torch.einsum("bln,nkl->bnk", profile, vertical.expand(self.n_footprints, -1, -1))
+        return out.reshape(x.shape[0], -1)
+
+    def matrix(self) -> sp.csr_array:
+        """The sparse matrix ``[N * K, T*C*H*W]`` (built on first call, vectorised, loop over ``K x L`` only)."""
+        if self._A is None:
+            if not self.prepared or self._vertical is None:
+                raise RuntimeError(f"{self.name}: call prepare(grid, spec, times) before matrix()")
+            assert self.grid is not None and self.spec is not None and self.window is not None and self._st is not None
+            rows, base, w = self._st
+            hw = self.grid.nlat * self.grid.nlon
+            k = self.n_components
+            vert = self._vertical
+            shared = vert.shape[0] == 1
+            parts_r, parts_c, parts_d = [], [], []
+            for c in range(k):
+                for l, ch in enumerate(self._profile_channels):
+                    v = vert[0, c, l] if shared else vert[rows, c, l]
+                    if shared and v == 0:
+                        continue
+                    parts_r.append(rows * k + c)
+                    parts_c.append(base + ch * hw)
+                    parts_d.append(w * v)
+            n_cols = self.window.size * self.spec.n_channels * hw
+            A = sp.coo_array(
+                (np.concatenate(parts_d), (np.concatenate(parts_r), np.concatenate(parts_c))),
+                shape=(self.size, n_cols),
+            ).tocsr()
+            A.eliminate_zeros()
+            self._set_matrix(A)
+        assert self._A is not None
+        return self._A
+
+    def footprint_weights(self) -> FootprintStencil:
+        """The horizontal footprint-averaging stencil (after :meth:`prepare`)."""
+        if self._stencil is None:
+            raise RuntimeError(f"{self.name}: call prepare(grid, spec, times) first")
+        return self._stencil
+
+    def metadata(self) -> dict[str, np.ndarray]:
+        """Per-observation arrays ``[N * K]``: footprint index, lat, lon, time, radius, zenith, scan position, and
+        the component's own fields."""
+        k = self.n_components
+        out: dict[str, np.ndarray] = {
+            "footprint": np.repeat(np.arange(self.n_footprints), k),
+            "lat": np.repeat(self.lat, k),
+            "lon": np.repeat(self.lon, k),
+            "time": np.repeat(self.time, k),
+        }
+        for field in ("radius_km", "zenith_deg", "scan_position"):
+            value = getattr(self, field)
+            if value is not None:
+                out[field] = np.repeat(value, k)
+        for key, value in self._component_metadata().items():
+            out[key] = np.tile(np.asarray(value), self.n_footprints)
+        return out
+
+    # ------------------------------------------------------------------ synthetic observations
+    def simulate(
+        self,
+        truth: object,
+        grid: Grid,
+        spec: StateSpec,
+        times: object,
+        *,
+        noise: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> Self:
+        """A copy of this operator whose values are ``H(truth) + eps``, ``eps`` drawn from its noise model.
+
+        Args:
+            truth: the true trajectory ``[T, C, H, W]`` or ``[1, T, C, H, W]`` (tensor or array, physical units).
+            grid, spec, times: the state layout and window (as for :meth:`prepare`).
+            noise: add noise (``False``: exact ``H(truth)``).
+            generator: torch generator for reproducible noise.
+
+        Returns:
+            the new operator, already prepared on ``(grid, spec, times)``.
+        """
+        x = torch.as_tensor(np.asarray(truth) if not isinstance(truth, Tensor) else truth).to(torch.float64)
+        if x.ndim == 4:
+            x = x[None]
+        if x.ndim != 5 or x.shape[0] != 1:
+            raise ValueError(f"{self.name}: field 'truth' must be [T, C, H, W] or [1, T, C, H, W], got {list(x.shape)}")
+        self.prepare(grid, spec, times)
+        with torch.no_grad():
+            y = self(x)[0]
+            if noise:
+                assert self.noise is not None
+                y = y + self.noise.sample((), generator=generator, dtype=torch.float64)
+        new = attrs.evolve(self, values=y.numpy().reshape(self.n_footprints, self.n_components))
+        new._adopt_geometry(self)
+        return new
+
+    def _adopt_geometry(self, other: FootprintOperator) -> None:
+        """Reuse ``other``'s prepared geometry (same locations and times)."""
+        self.grid, self.spec, self.window = other.grid, other.spec, other.window
+        self._stencil, self._time_weights = other._stencil, other._time_weights
+        self._profile_channels, self._vertical, self._st = other._profile_channels, other._vertical, other._st
+
+    @classmethod
+    def from_orbit(
+        cls,
+        swath: Swath | Orbit,
+        window: object,
+        *,
+        start: object | None = None,
+        end: object | None = None,
+        scan_interval: object | None = None,
+        values: object | None = None,
+        truth: object | None = None,
+        grid: Grid | None = None,
+        spec: StateSpec | None = None,
+        generator: torch.Generator | None = None,
+        mask: np.ndarray | None = None,
+        **kwargs: Any,
+    ) -> Self:
+        """An operator on the footprints an instrument scans during the window.
+
+        Args:
+            swath: the instrument (an :class:`Orbit` gets the default AMSU-A-like :class:`Swath`).
+            window: the state window's times ``[T]``; footprints are scanned from ``start`` (default the first
+                time) to ``end`` (default the last).
+            scan_interval: time between scan lines (default the swath's, 8 s).
+            values: observations ``[M, K]``; default zeros (geometry only) unless ``truth`` is given.
+            truth: a true trajectory ``[T, C, H, W]``: the values become ``H(truth) + noise`` (needs ``grid`` and
+                ``spec``), see :meth:`simulate`.
+            generator: torch generator for the synthetic noise.
+            mask: optional boolean ``[M]`` (e.g. from ``Swath.footprints``) to keep a subset of footprints.
+            **kwargs: the operator's own fields (``variables``, ``channels``, ``noise``, ``kernel``...).
+        """
+        if isinstance(swath, Orbit):
+            swath = Swath(orbit=swath)
+        if not isinstance(swath, Swath):
+            raise TypeError(f"{cls.__name__}: field 'swath' must be a Swath or an Orbit, got {type(swath).__name__}")
+        win = to_datetime64(cls.__name__, "window", window)
+        fp: Footprints = swath.footprints(
+            win[0] if start is None else start, win[-1] if end is None else end, scan_interval
+        )
+        if mask is not None:
+            fp = fp.select(np.asarray(mask))
+        k_kwargs = dict(kwargs)
+        k_kwargs.setdefault("radius_km", fp.radius_km)
+        k_kwargs.setdefault("zenith_deg", fp.zenith_deg)
+        k_kwargs.setdefault("scan_position", fp.scan_position)
+        if values is None:
+            n_comp = cls._count_components(k_kwargs)
+            values = np.zeros((fp.size, n_comp))
+        op = cls(lat=fp.lat, lon=fp.lon, time=fp.time, values=values, **k_kwargs)
+        if truth is not None:
+            if grid is None or spec is None:
+                raise ValueError(f"{cls.__name__}: simulating from 'truth' needs 'grid' and 'spec'")
+            op = op.simulate(truth, grid, spec, win, generator=generator)
+        return op
+
+    @classmethod
+    def _count_components(cls, kwargs: dict[str, Any]) -> int:
+        """``K`` from the constructor keywords (for geometry-only operators)."""
+        raise NotImplementedError
