@@ -1,0 +1,523 @@
+r"""Posterior guidance: MMPS (moment-matching posterior sampling) and DPS, over any ``DiffusionPrior``.
+
+**MMPS** (Rozet et al., 2024). For observations :math:`y = \mathcal{A}(z) + \eta`, :math:`\eta \sim
+\mathcal{N}(0, \Sigma_y)`, where :math:`\mathcal{A} = \mathcal{H} \circ \mathrm{decode}` is every operator of the
+call stacked (an :class:`~appa_core.ObsSet`) composed with the prior's decoder (plus, optionally, known states
+in diffusion space), the likelihood of the noisy state is approximated by
+
+.. math:: q(y \mid z_t) = \mathcal{N}\big(y;\ \mathcal{A}(\hat z),\ \Sigma_y + \hat A\,V_t\,\hat A^\top\big),\qquad
+          \hat z = E[z \mid z_t],\quad V_t = \sigma_t^2\,\partial \hat z / \partial z_t \ \text{(Tweedie)},
+
+with :math:`\hat A` the Jacobian of :math:`\mathcal{A}` at :math:`\hat z` (nonlinear operators are linearised there),
+and the guided denoiser is
+
+.. math:: E[z \mid z_t, y] \approx \hat z + \sigma_t^2 J^\top \hat A^\top u,\qquad
+          (\Sigma_y + \hat A V_t \hat A^\top)\,u = y - \mathcal{A}(\hat z).
+
+All products are matrix-free: :math:`\hat A v` by forward-mode AD (``torch.func.jvp``), :math:`\hat A^\top u` and
+:math:`J^\top v` by vector-Jacobian products on the single retained graph of the denoiser call (``V_t v`` uses
+:math:`J^\top` for :math:`J`, exact when the denoiser is exact, since then ``J`` is symmetric). The system is
+solved by CG or GMRES (:mod:`appa_core.linalg`) in float64, symmetrically scaled by the diagonal of
+:math:`\Sigma_y` (the residual is measured in units of observation-error standard deviations), with a tolerance
+and an iteration cap. Robust noise models enter through IRLS weights :math:`w = \psi(r)/r` evaluated at the
+residual :math:`r = y - \mathcal{A}(\hat z)`: :math:`\Sigma_y \to W^{-1/2}\Sigma_y W^{-1/2}`.
+For a Gaussian prior, affine :math:`\mathcal{A}` and Gaussian noise this is the exact posterior denoiser.
+
+**DPS** (Chung et al., 2023), as a guided denoiser: :math:`\hat z - \zeta\,\nabla_{z_t}
+\|\Sigma_y^{-1/2}(y - \mathcal{A}(\hat z))\|_2` per member (one VJP, no solve; approximate even for Gaussians).
+
+Failures are reported, never propagated silently: a non-finite residual or solution raises
+:class:`GuidanceError` naming the step and the operator(s); a solve that misses its tolerance is reported per
+``on_failure`` (see :class:`PosteriorDenoiser`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import attrs
+import numpy as np
+import torch
+from torch import Tensor
+
+from appa_core.diffusion.denoiser import DiffusionPrior
+from appa_core.linalg import solve
+from appa_core.noise import BlockDiagonal, DiagonalGaussian, NoiseModel
+from appa_core.obs.obsset import ObsSet
+
+__all__ = [
+    "DPS",
+    "MMPS",
+    "GuidanceError",
+    "GuidanceReport",
+    "KnownStates",
+    "PosteriorDenoiser",
+    "guided_denoiser",
+    "observation_time_ranges",
+]
+
+
+class GuidanceError(RuntimeError):
+    """The guidance failed: a non-finite residual, or (``on_failure="raise"``) an unconverged solve."""
+
+
+@attrs.frozen
+class GuidanceReport:
+    """Outcome of one guided denoiser call.
+
+    Attributes:
+        converged: the linear solve met its tolerance for every system (always ``True`` for DPS).
+        iterations: solver iterations.
+        residual: worst relative residual of the solve (scaled units).
+        operator_residuals: per operator, the worst relative residual norm of its rows.
+        where: context (step and noise level).
+    """
+
+    converged: bool
+    iterations: int
+    residual: float
+    operator_residuals: dict[str, float]
+    where: str
+
+
+def _names_or_default(names: dict[str, slice] | None, m: int) -> dict[str, slice]:
+    return names if names else {"observations": slice(0, m)}
+
+
+def _check_finite(v: Tensor, names: dict[str, slice], what: str, where: str) -> None:
+    if bool(torch.isfinite(v).all()):
+        return
+    bad = [n for n, s in names.items() if not bool(torch.isfinite(v[..., s]).all())]
+    raise GuidanceError(f"{where}: {what} is non-finite for operator(s) {bad}")
+
+
+def _broadcast_sigma(sigma: Tensor, like: Tensor) -> Tensor:
+    sigma = torch.as_tensor(sigma, dtype=like.dtype, device=like.device)
+    return sigma.reshape(*sigma.shape, *([1] * (like.ndim - sigma.ndim)))
+
+
+@attrs.frozen
+class MMPS:
+    """MMPS configuration (see module docs).
+
+    Attributes:
+        solver: ``"cg"`` (symmetric operator: exact denoisers) or ``"gmres"`` (robust for learned denoisers).
+        maxiter: iteration cap of the solve.
+        tol: relative tolerance on the scaled residual, or ``None`` for exactly ``maxiter`` iterations (Appa).
+        irls: use the noise models' IRLS weights (robust models); Gaussian models have weights 1 anyway.
+    """
+
+    solver: str = "gmres"
+    maxiter: int = 16
+    tol: float | None = 1e-4
+    irls: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        if self.solver not in ("cg", "gmres"):
+            raise ValueError(f"MMPS: field 'solver' has value {self.solver!r}; expected 'cg' or 'gmres'")
+        if self.maxiter < 1:
+            raise ValueError(f"MMPS: field 'maxiter' has value {self.maxiter}; must be >= 1")
+
+    def guide(
+        self,
+        z_t: Tensor,
+        z_hat: Tensor,
+        y_hat: Tensor,
+        observe: Callable[[Tensor], Tensor],
+        y: Tensor,
+        noise: NoiseModel,
+        sigma: Tensor,
+        mask: Tensor | None = None,
+        names: dict[str, slice] | None = None,
+        where: str = "MMPS",
+        unit_rows: Tensor | None = None,
+    ) -> tuple[Tensor, GuidanceReport]:
+        r"""One guided denoiser evaluation.
+
+        Args:
+            z_t: the noisy state ``[*N, *event]``, a leaf with ``requires_grad`` (``N`` batch dims).
+            z_hat: the denoiser output computed from ``z_t`` with its graph.
+            y_hat: ``observe(z_hat)`` ``[*N, M]`` with its graph from ``z_hat``.
+            observe: the observation map ``[*N, *event] -> [*N, M]`` (differentiable, forward-mode capable).
+            y: observations, broadcastable to ``[*N, M]``.
+            noise: the observation noise (size ``M``).
+            sigma: noise levels ``[*N]``.
+            mask: optional bool ``[*N, M]``: rows used by each system (others are ignored).
+            names: operator name -> slice of ``M`` for messages.
+            where: context for messages (e.g. ``"step 3 (sigma=1.2)"``).
+            unit_rows: optional bool ``[M]``: rows observing the diffusion variable directly (known states); their
+                scaling adds the unit-variance prior term :math:`\sigma^2/(1+\sigma^2)`, which keeps the system
+                well conditioned when their noise is tiny.
+
+        Returns:
+            ``(E[z | z_t, y], report)``, the guided estimate detached.
+        """
+        f64, dt = torch.float64, z_hat.dtype
+        names = _names_or_default(names, y_hat.shape[-1])
+        s2 = _broadcast_sigma(sigma, z_hat) ** 2
+        r = y.to(f64) - y_hat.detach().to(f64)
+        if mask is not None:
+            r = torch.where(mask, r, torch.zeros_like(r))
+        _check_finite(r, names, "the residual y - H(E[x|x_t])", where)
+        w = noise.irls_weights(r) if self.irls else torch.ones_like(r)
+        var = noise.variance().to(device=r.device) / w
+        if unit_rows is not None:
+            s2r = (torch.as_tensor(sigma, dtype=f64, device=r.device) ** 2)[..., None]
+            var = var + unit_rows.to(r.device) * (s2r / (1 + s2r))
+        if mask is not None:
+            var = torch.where(mask, var, torch.ones_like(var))
+        dis = var.rsqrt()
+
+        def vjp_obs(u: Tensor) -> Tensor:
+            return torch.autograd.grad(y_hat, z_hat, u.to(dt), retain_graph=True)[0]
+
+        def cov_z(v: Tensor) -> Tensor:
+            return s2 * torch.autograd.grad(z_hat, z_t, v, retain_graph=True)[0]
+
+        def jvp_obs(v: Tensor) -> Tensor:
+            return torch.func.jvp(observe, (z_hat.detach(),), (v,))[1]
+
+        def operator(u_s: Tensor) -> Tensor:
+            u = u_s * dis
+            if mask is not None:
+                u = torch.where(mask, u, torch.zeros_like(u))
+            out = noise.cov_matvec(u, w).to(f64) + jvp_obs(cov_z(vjp_obs(u))).to(f64)
+            out = out * dis
+            if mask is not None:
+                out = torch.where(mask, out, u_s)
+            return out
+
+        b = r * dis
+        u_s, info = solve(self.solver, operator, b, tol=self.tol, maxiter=self.maxiter)
+        u = u_s * dis
+        _check_finite(u, names, "the MMPS solve's solution", where)
+        g = torch.autograd.grad(y_hat, z_t, u.to(dt))[0]
+        out = z_hat.detach() + s2 * g
+        _check_finite(out.reshape(-1, 1), {"guided state": slice(0, 1)}, "the guided denoiser output", where)
+        bn = b.norm(dim=-1, keepdim=True)
+        per_op = {}
+        for n, s in names.items():
+            rn = info.residual_vector[..., s].norm(dim=-1)
+            bs = b[..., s].norm(dim=-1)
+            per_op[n] = float(torch.where(bs > 0, rn / bs.clamp_min(1e-300), rn / bn[..., 0].clamp_min(1e-300)).max())
+        report = GuidanceReport(info.converged, info.iterations, float(info.residual.max()), per_op, where)
+        return out, report
+
+
+@attrs.frozen
+class DPS:
+    """DPS configuration: step size ``zeta`` on the whitened residual norm (see module docs)."""
+
+    zeta: float = 0.1
+    irls: bool = True
+
+    def guide(
+        self,
+        z_t: Tensor,
+        z_hat: Tensor,
+        y_hat: Tensor,
+        observe: Callable[[Tensor], Tensor],
+        y: Tensor,
+        noise: NoiseModel,
+        sigma: Tensor,
+        mask: Tensor | None = None,
+        names: dict[str, slice] | None = None,
+        where: str = "DPS",
+        unit_rows: Tensor | None = None,
+    ) -> tuple[Tensor, GuidanceReport]:
+        """As :meth:`MMPS.guide`, with a single VJP and no solve."""
+        names = _names_or_default(names, y_hat.shape[-1])
+        r = y.to(y_hat.dtype) - y_hat
+        if mask is not None:
+            r = torch.where(mask, r, torch.zeros_like(r))
+        _check_finite(r.detach(), names, "the residual y - H(E[x|x_t])", where)
+        w = noise.irls_weights(r.detach().double()) if self.irls else torch.ones_like(r, dtype=torch.float64)
+        var = (noise.variance().to(device=r.device) / w).to(r.dtype)
+        norm = torch.sqrt((r**2 / var).sum(-1) + 1e-30)
+        g = torch.autograd.grad(norm.sum(), z_t)[0]
+        out = z_hat.detach() - self.zeta * g
+        _check_finite(out.reshape(-1, 1), {"guided state": slice(0, 1)}, "the guided denoiser output", where)
+        return out, GuidanceReport(True, 0, float("nan"), {}, where)
+
+
+def guided_denoiser(
+    denoise: Callable[[Tensor, Tensor], Tensor],
+    observe: Callable[[Tensor], Tensor],
+    y: Tensor,
+    noise: NoiseModel,
+    guidance: MMPS | DPS | None = None,
+    names: dict[str, slice] | None = None,
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """The simplest form: ``d(z_t [B, *], sigma [B]) -> E[z | z_t, y]`` for any denoiser and observation map.
+
+    Args:
+        denoise: ``denoise(z_t, sigma) -> E[z | z_t]`` (differentiable).
+        observe: ``observe(z) -> [B, M]`` (e.g. ``lambda z: obsset(prior.decode(z))``).
+        y: ``[M]`` or ``[B, M]``; noise: size ``M``; guidance: default ``MMPS()``.
+    """
+    guidance = guidance or MMPS()
+
+    def d(z_t: Tensor, sigma: Tensor) -> Tensor:
+        with torch.enable_grad():
+            leaf = z_t.detach().requires_grad_(True)
+            z_hat = denoise(leaf, sigma)
+            y_hat = observe(z_hat)
+            out, _ = guidance.guide(leaf, z_hat, y_hat, observe, y, noise, sigma, names=names)
+        return out
+
+    return d
+
+
+@attrs.define
+class KnownStates:
+    """States known in diffusion space (e.g. encoded initial conditions, or the previous forecast window).
+
+    Attributes:
+        index: frame time indices ``[n]`` of the known states.
+        values: ``[B or 1, n, *event_rest]`` in diffusion units.
+        std: observation-error std in diffusion units (Appa: :math:`\\sigma_z` / latent std).
+    """
+
+    index: np.ndarray
+    values: Tensor
+    std: float = 1e-2
+
+    @property
+    def size(self) -> int:
+        return int(self.values[0].numel())
+
+
+def _latent_rows(known: KnownStates) -> np.ndarray:
+    per = int(known.values[0, 0].numel())
+    return np.repeat(np.asarray(known.index, dtype=np.int64), per)
+
+
+def observation_time_ranges(
+    obs: ObsSet, prior: DiffusionPrior, length: int, generator: torch.Generator | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each row of a prepared ``obs`` (on ``length`` frame times), the first and last state it depends on.
+
+    Linear operators: from the sparse matrix's columns. Nonlinear operators: by forward-mode probing (one JVP
+    per frame time, with a tangent supported on that time only) at a plausible decoded state. Rows that depend on
+    no state get ``(0, 0)``.
+
+    Returns:
+        ``(tmin, tmax)`` int arrays ``[M]``.
+    """
+    tmin_all, tmax_all = [], []
+    shape = (length, prior.spec.n_channels, *prior.grid.shape)
+    chw = int(np.prod(shape[1:]))
+    probe = None
+    for op in obs:
+        m = op.size
+        tmin = np.full(m, length, dtype=np.int64)
+        tmax = np.full(m, -1, dtype=np.int64)
+        if op.linear:
+            a = op.matrix().tocoo()
+            t = a.col.astype(np.int64) // chw
+            np.minimum.at(tmin, a.row, t)
+            np.maximum.at(tmax, a.row, t)
+        else:
+            if probe is None:
+                z = 0.1 * torch.randn((length, *prior.event_shape(1)), generator=generator, dtype=torch.float64)
+                dtype = getattr(prior, "dtype", torch.float32)
+                with torch.no_grad():
+                    probe = prior.decode(z.to(dtype)).reshape(1, *shape).to(torch.float64)
+            for tau in range(length):
+                tan = torch.zeros_like(probe)
+                tan[:, tau] = torch.randn(shape[1:], generator=generator, dtype=torch.float64)
+                _, jv = torch.func.jvp(op, (probe,), (tan,))
+                dep = (jv[0].abs() > 0).numpy()
+                tmin[dep] = np.minimum(tmin[dep], tau)
+                tmax[dep] = np.maximum(tmax[dep], tau)
+        none = tmax < 0
+        tmin[none], tmax[none] = 0, 0
+        tmin_all.append(tmin)
+        tmax_all.append(tmax)
+    return np.concatenate(tmin_all), np.concatenate(tmax_all)
+
+
+class PosteriorDenoiser:
+    """The guided denoiser the sampler calls on (part of) a trajectory, with blankets and known states.
+
+    The sampler's state ``z`` ``[B, Lz, *event_rest]`` covers frame times ``[offset, offset + Lz)`` of a frame of
+    ``len(frame_times)`` states on which the operators were prepared. It is split into windows of ``size`` states
+    starting at ``starts`` (frame indices); each window is denoised independently by the prior (with its own
+    times), guided by the observation rows that lie entirely inside it (``mask``), and the trajectory is
+    re-assembled from each window's ``keep`` range (frame indices, a partition of the state's range).
+
+    Args:
+        prior: the diffusion prior.
+        frame_times: ``datetime64[ns]`` ``[L]``.
+        starts, size, keep, offset, length: the window layout (see above).
+        obs: prepared operators (on ``frame_times``) or ``None``.
+        known: known states or ``None``.
+        row_range: ``(tmin, tmax)`` per row of ``obs`` (see :func:`observation_time_ranges`).
+        row_allowed: bool ``[M_obs]``: rows this call may use (autoregressive chunks use each row once).
+        guidance: :class:`MMPS`, :class:`DPS` or ``None`` (unguided).
+        on_failure: ``"warn"`` (collect unconverged solves in :attr:`failures`; the sampler warns once),
+            ``"raise"`` (raise :class:`GuidanceError` at once) or ``"ignore"``.
+    """
+
+    def __init__(
+        self,
+        prior: DiffusionPrior,
+        frame_times: np.ndarray,
+        starts: Sequence[int],
+        size: int,
+        keep: Sequence[tuple[int, int]],
+        offset: int,
+        length: int,
+        obs: ObsSet | None = None,
+        known: KnownStates | None = None,
+        row_range: tuple[np.ndarray, np.ndarray] | None = None,
+        row_allowed: np.ndarray | None = None,
+        guidance: MMPS | DPS | None = None,
+        on_failure: str = "warn",
+    ) -> None:
+        if on_failure not in ("warn", "raise", "ignore"):
+            raise ValueError(f"PosteriorDenoiser: field 'on_failure' has value {on_failure!r}")
+        self.prior, self.frame_times = prior, frame_times
+        self.starts, self.size, self.keep = list(starts), int(size), list(keep)
+        self.offset, self.length = int(offset), int(length)
+        self.obs, self.known, self.guidance, self.on_failure = obs, known, guidance, on_failure
+        self.step: int = 0
+        self.failures: list[GuidanceReport] = []
+        self.calls = 0
+        frame_len = len(frame_times)
+        self._embed = len(self.starts) > 1 or self.size != frame_len
+        # rows and masks
+        m_obs = obs.size if obs is not None else 0
+        m_k = known.size if known is not None else 0
+        self.names: dict[str, slice] = dict(obs.slices) if obs is not None else {}
+        if known is not None:
+            self.names["known_states"] = slice(m_obs, m_obs + m_k)
+        tmin = np.zeros(0, dtype=np.int64)
+        tmax = np.zeros(0, dtype=np.int64)
+        if obs is not None:
+            if row_range is None:
+                row_range = observation_time_ranges(obs, prior, frame_len)
+            tmin, tmax = row_range
+        allowed = np.ones(m_obs, dtype=bool) if row_allowed is None else np.asarray(row_allowed, dtype=bool)
+        if known is not None:
+            kr = _latent_rows(known)
+            tmin, tmax = np.concatenate([tmin, kr]), np.concatenate([tmax, kr])
+            allowed = np.concatenate([allowed, np.ones(m_k, dtype=bool)])
+        masks = [allowed & (tmin >= a) & (tmax < a + self.size) for a in self.starts]
+        self.mask = torch.as_tensor(np.stack(masks)) if masks and tmin.size else None  # [W, M]
+        self.used_rows = np.any(np.stack(masks), axis=0) if masks and tmin.size else np.zeros(0, dtype=bool)
+        self.active = guidance is not None and self.mask is not None and bool(self.mask.any())
+        if self.active:
+            models: list[NoiseModel] = []
+            if obs is not None:
+                models.append(obs.noise)
+            if known is not None:
+                models.append(DiagonalGaussian(known.std).expand(m_k))
+            self.noise: NoiseModel = models[0] if len(models) == 1 else BlockDiagonal(models)
+        self._fill: Tensor | None = None
+        self._unit_rows = None
+        if known is not None:
+            self._unit_rows = torch.cat([torch.zeros(m_obs), torch.ones(m_k)]).to(torch.float64)
+
+    # -------------------------------------------------------------- helpers
+    def _fill_state(self, like: Tensor) -> Tensor:
+        if self._fill is None:
+            ev1 = self.prior.event_shape(1)
+            with torch.no_grad():
+                x0 = self.prior.decode(torch.zeros((1, *ev1), dtype=like.dtype, device=like.device))
+            self._fill = x0.detach()
+        return self._fill.to(dtype=like.dtype, device=like.device)
+
+    def _embed_time(self, parts: Tensor, fill: Tensor) -> Tensor:
+        """``[W, N, K, *] -> [W*N, L, *]`` placing window ``w`` at ``starts[w]``, ``fill`` ``[1, 1, *]`` elsewhere."""
+        frame_len = len(self.frame_times)
+        out = []
+        for i, a in enumerate(self.starts):
+            n = parts.shape[1]
+            before = fill.expand(n, a, *fill.shape[2:])
+            after = fill.expand(n, frame_len - a - self.size, *fill.shape[2:])
+            out.append(torch.cat([before, parts[i], after], dim=1))
+        return torch.cat(out, dim=0)
+
+    def _observe(self, zh: Tensor) -> Tensor:
+        """``[W, B, K, *event_rest] -> [W, B, M]``."""
+        nw, b = zh.shape[:2]
+        ys = []
+        if self.obs is not None:
+            flat = zh.reshape(nw * b, *zh.shape[2:])
+            x = self.prior.decode(flat)
+            x = x.reshape(nw, b, *x.shape[1:])
+            x_frame = self._embed_time(x, self._fill_state(x)) if self._embed else x.reshape(nw * b, *x.shape[2:])
+            ys.append(self.obs(x_frame).reshape(nw, b, -1))
+        if self.known is not None:
+            zero = torch.zeros((1, 1, *zh.shape[3:]), dtype=zh.dtype, device=zh.device)
+            z_frame = self._embed_time(zh, zero) if self._embed else zh.reshape(nw * b, *zh.shape[2:])
+            idx = torch.as_tensor(np.asarray(self.known.index), device=zh.device)
+            ys.append(z_frame[:, idx].reshape(nw, b, -1))
+        return torch.cat(ys, dim=-1)
+
+    def _targets(self, nw: int, b: int, like: Tensor) -> Tensor:
+        ys = []
+        if self.obs is not None:
+            ys.append(self.obs.values.to(device=like.device).expand(nw, b, -1))
+        if self.known is not None:
+            kv = self.known.values.reshape(self.known.values.shape[0], -1).to(torch.float64).to(like.device)
+            ys.append(kv.expand(b, -1).expand(nw, b, -1))
+        return torch.cat(ys, dim=-1)
+
+    # -------------------------------------------------------------- call
+    def __call__(self, z: Tensor, sigma: Tensor) -> Tensor:
+        """``z`` ``[B, Lz, *event_rest]``, ``sigma`` ``[B]`` -> guided :math:`E[z \\mid z_t, y]`."""
+        self.calls += 1
+        b = z.shape[0]
+        sig0 = float(sigma.reshape(-1)[0])
+        where = f"step {self.step} (sigma={sig0:.4g})"
+        zw = torch.stack([z[:, a - self.offset : a - self.offset + self.size] for a in self.starts]).detach()
+        with torch.enable_grad():
+            if self.active:
+                zw.requires_grad_(True)
+            zh = torch.stack(
+                [
+                    self.prior.denoise(zw[i], sigma, self.frame_times[a : a + self.size])
+                    for i, a in enumerate(self.starts)
+                ]
+            )
+            if not bool(torch.isfinite(zh).all()):
+                raise GuidanceError(f"{where}: the prior's denoiser returned non-finite values")
+            if self.active:
+                assert self.guidance is not None and self.mask is not None
+                nw = len(self.starts)
+                y_hat = self._observe(zh)
+                y = self._targets(nw, b, y_hat)
+                mask = self.mask[:, None, :].to(y_hat.device).expand(nw, b, -1)
+                sig_wb = sigma.reshape(1, b).expand(nw, b)
+                out, report = self.guidance.guide(
+                    zw, zh, y_hat, self._observe, y, self.noise, sig_wb, mask, self.names, where, self._unit_rows
+                )
+                if not report.converged and self.on_failure != "ignore":
+                    if self.on_failure == "raise":
+                        raise GuidanceError(_failure_message([report], self.calls, self.guidance))
+                    self.failures.append(report)
+            else:
+                out = zh.detach()
+        parts = [out[i, :, lo - a : hi - a] for i, (a, (lo, hi)) in enumerate(zip(self.starts, self.keep, strict=True))]
+        return torch.cat(parts, dim=1)
+
+
+def _failure_message(reports: list[GuidanceReport], calls: int, guidance: object) -> str:
+    worst = max(reports, key=lambda r: r.residual)
+    solver = getattr(guidance, "solver", "solver")
+    tol = getattr(guidance, "tol", None)
+    ops = ", ".join(f"{k}: {v:.3g}" for k, v in worst.operator_residuals.items())
+    return (
+        f"MMPS: the {solver} solve did not reach tol={tol} in {len(reports)} of {calls} guided denoiser calls; "
+        f"worst at {worst.where}: relative residual {worst.residual:.3g} after {worst.iterations} iterations; "
+        f"per-operator relative residuals {{{ops}}}. Raise cg_iters (or use solver='gmres' for learned priors)."
+    )
+
+
+def failure_summary(den: PosteriorDenoiser) -> str | None:
+    """A one-line summary of the unconverged solves of ``den`` (``None`` if there were none)."""
+    if not den.failures:
+        return None
+    return _failure_message(den.failures, den.calls, den.guidance)

@@ -1,0 +1,212 @@
+r"""Matrix-free Krylov solvers for batches of linear systems, in float64.
+
+Both solvers act on the **last axis**: ``b`` is ``[..., M]`` and every leading index is an independent system
+:math:`A_n x_n = b_n`; ``A`` is a callable mapping ``[..., M] -> [..., M]`` (it must act independently on each
+leading index). Inner products, residuals and Krylov bases are kept in float64 whatever the dtype of ``b``.
+
+* :func:`cg`: conjugate gradients, for symmetric positive definite ``A``.
+* :func:`gmres`: GMRES (Arnoldi with modified Gram-Schmidt and Givens rotations, no restart), for any
+  non-singular ``A`` -- use it when the operator is not exactly symmetric (a learned denoiser's Jacobian is not).
+
+Both stop when every system satisfies :math:`\|b - A x\| \le \max(\mathrm{tol}\,\|b\|, \mathrm{atol})` or after
+``maxiter`` iterations, and return ``(x, SolveInfo)``; systems that converge early are frozen (no further
+updates). With ``tol=None`` they run exactly ``maxiter`` iterations (the fixed-iteration mode of azula / Appa,
+no convergence test). In exact arithmetic both reach the exact solution in at most ``M`` iterations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import attrs
+import torch
+from torch import Tensor
+
+__all__ = ["SolveInfo", "cg", "gmres", "solve"]
+
+_EPS = 1e-300
+
+
+@attrs.frozen
+class SolveInfo:
+    """Convergence report of a batched solve.
+
+    Attributes:
+        converged: ``True`` when every system met the tolerance (always ``True`` with ``tol=None``).
+        iterations: iterations done (the largest over systems).
+        residual: relative residual norms :math:`\\|b - A x\\| / \\|b\\|` per system ``[...]`` float64
+            (recursive estimate; 0 where ``b = 0``).
+        residual_vector: the residual :math:`b - A x` ``[..., M]`` float64 (CG: recursive; GMRES: recomputed).
+        tol: the relative tolerance used (``None`` for fixed iterations).
+    """
+
+    converged: bool
+    iterations: int
+    residual: Tensor
+    residual_vector: Tensor
+    tol: float | None
+
+
+def _threshold(bnorm: Tensor, tol: float | None, atol: float) -> Tensor:
+    if tol is None:
+        return torch.full_like(bnorm, -1.0)
+    return torch.clamp(tol * bnorm, min=atol)
+
+
+def _relative(rnorm: Tensor, bnorm: Tensor) -> Tensor:
+    return torch.where(bnorm > 0, rnorm / bnorm.clamp_min(_EPS), torch.zeros_like(rnorm))
+
+
+def cg(
+    A: Callable[[Tensor], Tensor],
+    b: Tensor,
+    x0: Tensor | None = None,
+    *,
+    tol: float | None = 1e-6,
+    atol: float = 0.0,
+    maxiter: int | None = None,
+) -> tuple[Tensor, SolveInfo]:
+    r"""Conjugate gradients for SPD systems :math:`A x = b`, batched over leading axes.
+
+    Args:
+        A: the operator ``[..., M] -> [..., M]`` (called with float64 tensors).
+        b: right-hand sides ``[..., M]``.
+        x0: initial guess (zeros by default).
+        tol: relative tolerance on the residual norm, or ``None`` for exactly ``maxiter`` iterations.
+        atol: absolute tolerance floor.
+        maxiter: iteration cap (default ``2 M``).
+
+    Returns:
+        ``(x, info)`` with ``x`` ``[..., M]`` in ``b``'s dtype.
+    """
+    out_dtype = b.dtype
+    b = b.to(torch.float64)
+    m = b.shape[-1]
+    maxiter = 2 * m if maxiter is None else int(maxiter)
+    x = torch.zeros_like(b) if x0 is None else x0.to(torch.float64).clone()
+    r = b - A(x) if x0 is not None else b.clone()
+    bnorm = b.norm(dim=-1)
+    thresh = _threshold(bnorm, tol, atol)
+    p = r.clone()
+    rr = (r * r).sum(-1)
+    active = rr.sqrt() > thresh
+    it = 0
+    while it < maxiter and bool(active.any()):
+        Ap = A(p).to(torch.float64)
+        pAp = (p * Ap).sum(-1)
+        alpha = torch.where(active, rr / torch.where(pAp.abs() > _EPS, pAp, torch.full_like(pAp, _EPS)), 0.0)
+        x = x + alpha[..., None] * p
+        r = r - alpha[..., None] * Ap
+        rr_new = (r * r).sum(-1)
+        beta = torch.where(active, rr_new / rr.clamp_min(_EPS), 0.0)
+        p = torch.where(active[..., None], r + beta[..., None] * p, p)
+        rr = torch.where(active, rr_new, rr)
+        it += 1
+        active = active & (rr.sqrt() > thresh)
+    rel = _relative(rr.sqrt(), bnorm)
+    converged = True if tol is None else bool((rr.sqrt() <= thresh).all())
+    return x.to(out_dtype), SolveInfo(converged, it, rel, r, tol)
+
+
+def gmres(
+    A: Callable[[Tensor], Tensor],
+    b: Tensor,
+    x0: Tensor | None = None,
+    *,
+    tol: float | None = 1e-6,
+    atol: float = 0.0,
+    maxiter: int | None = None,
+) -> tuple[Tensor, SolveInfo]:
+    r"""GMRES for non-singular (possibly non-symmetric) systems, batched over leading axes.
+
+    Stores ``maxiter + 1`` basis vectors per system. Arguments and return as :func:`cg` (default cap ``M``).
+    """
+    out_dtype = b.dtype
+    b = b.to(torch.float64)
+    m = b.shape[-1]
+    maxiter = min(m, 200) if maxiter is None else int(maxiter)
+    batch = b.shape[:-1]
+    x = torch.zeros_like(b) if x0 is None else x0.to(torch.float64).clone()
+    r0 = b - A(x).to(torch.float64) if x0 is not None else b.clone()
+    bnorm = b.norm(dim=-1)
+    thresh = _threshold(bnorm, tol, atol)
+    beta = r0.norm(dim=-1)
+    V = [r0 / beta.clamp_min(_EPS)[..., None]]
+    g = [beta]
+    cs: list[Tensor] = []
+    sn: list[Tensor] = []
+    R_cols: list[Tensor] = []  # column j holds R[0..j, j]
+    res = beta.clone()
+    active = res > thresh
+    it = 0
+    while it < maxiter and bool(active.any()):
+        j = it
+        w = A(V[j]).to(torch.float64)
+        h = []
+        for i in range(j + 1):
+            hij = (w * V[i]).sum(-1)
+            w = w - hij[..., None] * V[i]
+            h.append(hij)
+        hnext = w.norm(dim=-1)
+        V.append(w / hnext.clamp_min(_EPS)[..., None])
+        h.append(hnext)  # h[0..j+1]
+        for i in range(j):  # previous rotations
+            a = cs[i] * h[i] + sn[i] * h[i + 1]
+            h[i + 1] = -sn[i] * h[i] + cs[i] * h[i + 1]
+            h[i] = a
+        denom = torch.sqrt(h[j] ** 2 + h[j + 1] ** 2)
+        safe = denom > _EPS
+        c = torch.where(safe, h[j] / denom.clamp_min(_EPS), torch.ones_like(denom))
+        s = torch.where(safe, h[j + 1] / denom.clamp_min(_EPS), torch.zeros_like(denom))
+        h[j] = torch.where(safe, denom, torch.ones_like(denom))
+        h = h[: j + 1]
+        gj = g[j]
+        g_next = -s * gj
+        g[j] = c * gj
+        # frozen systems: column e_j, rotation identity, coefficient 0, residual carried
+        col = torch.stack(h, dim=-1)  # [..., j+1]
+        ej = torch.zeros_like(col)
+        ej[..., j] = 1.0
+        col = torch.where(active[..., None], col, ej)
+        c = torch.where(active, c, torch.ones_like(c))
+        s = torch.where(active, s, torch.zeros_like(s))
+        g_next = torch.where(active, g_next, gj)
+        g[j] = torch.where(active, g[j], torch.zeros_like(gj))
+        cs.append(c)
+        sn.append(s)
+        R_cols.append(col)
+        g.append(g_next)
+        res = torch.where(active, g_next.abs(), res)
+        it += 1
+        active = active & (res > thresh)
+    if it > 0:
+        k = it
+        R = torch.zeros((*batch, k, k), dtype=torch.float64, device=b.device)
+        for jj, col in enumerate(R_cols):
+            R[..., : jj + 1, jj] = col
+        gv = torch.stack(g[:k], dim=-1)[..., None]
+        y = torch.linalg.solve_triangular(R, gv, upper=True)[..., 0]
+        Vk = torch.stack(V[:k], dim=-1)  # [..., M, k]
+        x = x + (Vk @ y[..., None])[..., 0]
+    r = b - A(x).to(torch.float64) if it > 0 else r0
+    rel = _relative(r.norm(dim=-1), bnorm)
+    # GMRES's stopping rule is its (Givens) residual estimate; ``residual`` reports the recomputed one
+    converged = True if tol is None else bool((res <= thresh).all())
+    return x.to(out_dtype), SolveInfo(converged, it, rel, r, tol)
+
+
+def solve(
+    method: str,
+    A: Callable[[Tensor], Tensor],
+    b: Tensor,
+    *,
+    tol: float | None = 1e-6,
+    atol: float = 0.0,
+    maxiter: int | None = None,
+) -> tuple[Tensor, SolveInfo]:
+    """Dispatch to :func:`cg` or :func:`gmres` by name."""
+    if method == "cg":
+        return cg(A, b, tol=tol, atol=atol, maxiter=maxiter)
+    if method == "gmres":
+        return gmres(A, b, tol=tol, atol=atol, maxiter=maxiter)
+    raise ValueError(f"solve: field 'method' has value {method!r}; expected 'cg' or 'gmres'")
