@@ -72,6 +72,9 @@ class ObsOperator(abc.ABC):
     name: str | None = attrs.field(default=None)
 
     linear: ClassVar[bool] = False
+    #: name of the constructor field holding the observed values (used by :meth:`with_values`); ``None`` if the
+    #: family cannot be rebuilt from a flat ``[M]`` vector.
+    values_field: ClassVar[str | None] = "value"
 
     grid: Grid | None = attrs.field(default=None, init=False, repr=False)
     spec: StateSpec | None = attrs.field(default=None, init=False, repr=False)
@@ -155,6 +158,57 @@ class ObsOperator(abc.ABC):
     def matrix(self) -> sp.csr_array:
         """The sparse matrix ``A`` ``[M, T*C*H*W]`` of a linear operator (after :meth:`prepare`)."""
         raise TypeError(f"{self.name}: operator is nonlinear and has no matrix")
+
+    def with_values(self, values: object) -> Self:
+        """A copy of this operator observing ``values`` ``[M]`` (same locations, times and noise).
+
+        The copy is prepared on the same grid, spec and window if this operator was.
+        """
+        if self.values_field is None:
+            raise TypeError(f"{self.name}: {type(self).__name__} cannot be rebuilt from a flat vector of values")
+        flat = np.asarray(torch.as_tensor(values).detach().cpu(), dtype=np.float64).reshape(-1)
+        if flat.size != self.size:
+            raise ValueError(f"{self.name}: field 'values' has {flat.size} values but the operator has {self.size}")
+        current = np.shape(np.asarray(getattr(self, self.values_field), dtype=object))
+        new = attrs.evolve(self, **{self.values_field: flat.reshape(current)})
+        if self.prepared:
+            assert self.grid is not None and self.spec is not None
+            new.prepare(self.grid, self.spec, self.window)
+        return new
+
+    def simulate(
+        self,
+        truth: object,
+        grid: Grid,
+        spec: StateSpec,
+        times: object,
+        *,
+        noise: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> Self:
+        r"""Synthetic observations of a true trajectory: a copy observing :math:`\mathcal{H}(x) + \epsilon`.
+
+        Args:
+            truth: the true trajectory ``[T, C, H, W]`` or ``[1, T, C, H, W]`` in physical units.
+            grid, spec, times: the state layout and window, as for :meth:`prepare`.
+            noise: draw :math:`\epsilon` from the operator's noise model (``False``: exact values).
+            generator: torch generator for reproducible noise.
+
+        Returns:
+            the new operator, prepared on ``(grid, spec, times)``.
+        """
+        x = torch.as_tensor(np.asarray(truth) if not isinstance(truth, Tensor) else truth).to(torch.float64)
+        if x.ndim == 4:
+            x = x[None]
+        if x.ndim != 5 or x.shape[0] != 1:
+            raise ValueError(f"{self.name}: field 'truth' must be [T, C, H, W] or [1, T, C, H, W], got {list(x.shape)}")
+        self.prepare(grid, spec, times)
+        with torch.no_grad():
+            y = self(x)[0]
+            if noise:
+                assert self.noise is not None
+                y = y + self.noise.sample((), generator=generator, dtype=torch.float64)
+        return self.with_values(y)
 
 
 @attrs.define(kw_only=True, eq=False)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
@@ -140,6 +140,8 @@ class MaskedFieldOp(SparseLinearOperator):
         lat, lon: coordinates of ``data``'s grid (optional; set from xarray input), checked against the state
             grid at ``prepare`` when ``coarsen`` is 1.
     """
+
+    values_field: ClassVar[str | None] = None  # values come from a gridded field and a mask
 
     data: Any = attrs.field(repr=False)
     channels: Sequence[Any] | None = attrs.field(default=None)

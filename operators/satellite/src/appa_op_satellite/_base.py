@@ -95,6 +95,7 @@ class FootprintOperator(SparseLinearOperator):
     _tensors: dict[tuple[torch.dtype, str], tuple[Tensor, ...]] = attrs.field(factory=dict, init=False, repr=False)
 
     linear: ClassVar[bool] = True
+    values_field: ClassVar[str | None] = "values"
 
     # ------------------------------------------------------------------ subclass hooks
     @property
