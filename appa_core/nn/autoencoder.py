@@ -1,0 +1,277 @@
+r"""Convolutional autoencoder over the latitude-longitude grid.
+
+The encoder maps a standardized state ``[N, C, H, W]`` to a latent grid ``[N, c, H/f, W/f]`` with ``f = 2**L``
+(``L`` = number of downsamplings), the decoder maps it back. The architecture follows the convolutional AE of
+Appa (Andry et al., 2025): residual blocks (channel LayerNorm -> conv -> SiLU -> conv, residual), pixel-unshuffle +
+conv for downsampling and conv + pixel-shuffle for upsampling, no attention, and a soft saturation of the latent
+:math:`z / \sqrt{1 + (z/5)^2}`.
+
+**Sphere padding.** Every 3x3 convolution pads its input itself, so that the network is a function on the sphere:
+
+* longitude is padded **circularly** (the grid is periodic), hence rolling the input by a multiple of ``f``
+  columns rolls every feature map and the output by the same angle (tested);
+* latitude is padded by **reflection across the pole with a 180 degree shift**: the row beyond the north pole at
+  latitude :math:`90 + \delta` is the row at :math:`90 - \delta` on the opposite meridian, i.e. row ``i`` rolled by
+  ``W/2``. For grids without poles (cell centres at :math:`\pm(90 - \Delta/2)`, WeatherBench2 ``without_poles``),
+  and for every downsampled level of such a grid, this is the exact geometric neighbour, unlike zero padding
+  (which invents a wall at the pole) or replicate padding (which ties the pole row to itself). Vector components
+  (u, v) change sign across the pole; the network's features are not vectors, so this is left to learning.
+  The shift is ``W // 2`` columns: exact when every level has an even width (e.g. 96 columns with ``f = 4``),
+  half a column off otherwise (1440 columns with ``f = 32`` gives 45 latent columns).
+  For grids whose height is not a multiple of ``f`` (e.g. 721 rows at 0.25 deg), the input is first zero-padded in
+  latitude to the next multiple (as Appa does, 721 -> 736) and cropped after decoding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["Autoencoder", "AutoencoderConfig", "SpherePad", "autoencoder_loss"]
+
+
+def _tuple_int(values: object) -> tuple[int, ...]:
+    return tuple(int(v) for v in values)  # type: ignore[attr-defined]
+
+
+@attrs.frozen(kw_only=True)
+class AutoencoderConfig:
+    """Hyper-parameters of :class:`Autoencoder`.
+
+    Attributes:
+        in_channels: state channels ``C``.
+        latent_channels: latent channels ``c``.
+        channels: feature width per resolution level, finest first; ``len(channels) - 1`` downsamplings by 2.
+        blocks: residual blocks per level (encoder and decoder each): one number for all levels, or one per level
+            (finest first).
+        saturation: soft-clip bound of the latent (``None`` = no clipping).
+        sigma_z: std of the Gaussian noise added to the latent before decoding during training (Appa's sigma_z).
+        pad_to: latitude rows after initial zero padding (``None`` = next multiple of the downsampling factor).
+    """
+
+    in_channels: int
+    latent_channels: int = 8
+    channels: tuple[int, ...] = attrs.field(default=(32, 64, 64), converter=_tuple_int)
+    blocks: int | tuple[int, ...] = attrs.field(
+        default=1, converter=lambda v: v if isinstance(v, int) else _tuple_int(v)
+    )
+    saturation: float | None = 5.0
+    sigma_z: float = 0.0
+
+    def __attrs_post_init__(self) -> None:
+        if self.in_channels < 1 or self.latent_channels < 1:
+            raise ValueError(
+                f"AutoencoderConfig: fields 'in_channels' and 'latent_channels' must be >= 1, got "
+                f"{self.in_channels} and {self.latent_channels}"
+            )
+        if not self.channels or min(self.channels) < 1:
+            raise ValueError(f"AutoencoderConfig: field 'channels' must be positive widths, got {self.channels}")
+        if min(self.level_blocks) < 0 or len(self.level_blocks) != len(self.channels):
+            raise ValueError(
+                f"AutoencoderConfig: field 'blocks' has value {self.blocks}; need non-negative counts, one per level "
+                f"of {self.channels}"
+            )
+
+    @property
+    def level_blocks(self) -> tuple[int, ...]:
+        """Residual blocks per level, finest first."""
+        b = self.blocks
+        return (b,) * len(self.channels) if isinstance(b, int) else b
+
+    @property
+    def factor(self) -> int:
+        """Downsampling factor ``f`` in each horizontal direction."""
+        return 2 ** (len(self.channels) - 1)
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        """Latent ``(c, h, w)`` for a grid of ``height x width``."""
+        f = self.factor
+        if width % f:
+            raise ValueError(f"AutoencoderConfig: grid width {width} must be a multiple of the downsampling factor {f}")
+        return (self.latent_channels, math.ceil(height / f), width // f)
+
+    def to_dict(self) -> dict[str, object]:
+        return attrs.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> AutoencoderConfig:
+        return cls(**data)  # type: ignore[arg-type]
+
+
+class SpherePad(nn.Module):
+    """Pad ``[N, C, H, W]`` by ``p`` cells: circular in longitude, reflection across the poles with a 180 degree
+    shift in latitude (row ``-1 - i`` is row ``i`` rolled by ``W // 2``)."""
+
+    def __init__(self, p: int) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = self.p
+        if p == 0:
+            return x
+        w = x.shape[-1]
+        north = torch.roll(x[..., :p, :].flip(-2), w // 2, dims=-1)
+        south = torch.roll(x[..., -p:, :].flip(-2), w // 2, dims=-1)
+        x = torch.cat([north, x, south], dim=-2)
+        return torch.cat([x[..., -p:], x, x[..., :p]], dim=-1)
+
+
+class _Conv(nn.Module):
+    """3x3 (or 1x1) convolution with sphere padding."""
+
+    def __init__(self, cin: int, cout: int, k: int = 3) -> None:
+        super().__init__()
+        self.pad = SpherePad(k // 2)
+        self.conv = nn.Conv2d(cin, cout, k)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(self.pad(x))
+
+
+class _ChannelNorm(nn.Module):
+    """LayerNorm over the channel axis of ``[N, C, H, W]`` (no affine), per pixel."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        mu = x.mean(dim=1, keepdim=True)
+        var = (x - mu).square().mean(dim=1, keepdim=True)
+        return (x - mu) * torch.rsqrt(var + 1e-5)
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.norm = _ChannelNorm()
+        self.conv1 = _Conv(c, c)
+        self.conv2 = _Conv(c, c)
+        with torch.no_grad():
+            self.conv2.conv.weight.mul_(1e-2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv2(F.silu(self.conv1(self.norm(x))))
+
+
+class _Down(nn.Module):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv = _Conv(4 * cin, cout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.pixel_unshuffle(x, 2))
+
+
+class _Up(nn.Module):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv = _Conv(cin, 4 * cout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.pixel_shuffle(self.conv(x), 2)
+
+
+class Autoencoder(nn.Module):
+    """Convolutional lat-lon autoencoder (see the module docstring).
+
+    ``encode``: standardized state ``[N, C, H, W]`` -> latent ``[N, c, h, w]``;
+    ``decode``: latent -> standardized state ``[N, C, H, W]`` (``H`` restored by cropping).
+    """
+
+    def __init__(self, config: AutoencoderConfig, height: int, width: int) -> None:
+        super().__init__()
+        self.config = config
+        self.height, self.width = height, width
+        c, h, w = config.latent_shape(height, width)
+        self.latent_shape = (c, h, w)
+        f = config.factor
+        self.pad_rows = h * f - height
+        ch = config.channels
+        enc: list[nn.Module] = [_Conv(config.in_channels, ch[0])]
+        for i, ci in enumerate(ch):
+            enc += [_ResBlock(ci) for _ in range(config.level_blocks[i])]
+            if i + 1 < len(ch):
+                enc.append(_Down(ci, ch[i + 1]))
+        enc += [_ChannelNorm(), _Conv(ch[-1], config.latent_channels)]
+        self.encoder = nn.Sequential(*enc)
+        dec: list[nn.Module] = [_Conv(config.latent_channels, ch[-1])]
+        for i in range(len(ch) - 1, -1, -1):
+            dec += [_ResBlock(ch[i]) for _ in range(config.level_blocks[i])]
+            if i > 0:
+                dec.append(_Up(ch[i], ch[i - 1]))
+        dec += [_ChannelNorm(), _Conv(ch[0], config.in_channels)]
+        self.decoder = nn.Sequential(*dec)
+
+    def _saturate(self, z: Tensor) -> Tensor:
+        s = self.config.saturation
+        return z if s is None else z / torch.sqrt(1 + (z / s) ** 2)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """``[N, C, H, W]`` standardized -> ``[N, c, h, w]``."""
+        if x.shape[-3:] != (self.config.in_channels, self.height, self.width):
+            raise ValueError(
+                f"Autoencoder.encode: expected [N, {self.config.in_channels}, {self.height}, {self.width}], "
+                f"got {list(x.shape)}"
+            )
+        if self.pad_rows:
+            top = self.pad_rows // 2
+            x = F.pad(x, (0, 0, top, self.pad_rows - top))
+        return self._saturate(self.encoder(x))
+
+    def decode(self, z: Tensor, noise: bool = False, generator: torch.Generator | None = None) -> Tensor:
+        """``[N, c, h, w]`` -> ``[N, C, H, W]``; ``noise=True`` adds ``sigma_z`` Gaussian noise to ``z`` first."""
+        if z.shape[-3:] != self.latent_shape:
+            raise ValueError(
+                f"Autoencoder.decode: expected [N, {', '.join(map(str, self.latent_shape))}], got {list(z.shape)}"
+            )
+        if noise and self.config.sigma_z > 0:
+            eps = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
+            z = z + self.config.sigma_z * eps
+        x = self.decoder(z)
+        if self.pad_rows:
+            top = self.pad_rows // 2
+            x = x[..., top : top + self.height, :]
+        return x
+
+    def forward(self, x: Tensor, eps: Tensor | None = None) -> Tensor:
+        """Reconstruction ``decode(encode(x) + sigma_z * eps)`` (``eps [N, c, h, w]`` standard normal or ``None``)."""
+        z = self.encode(x)
+        if eps is not None and self.config.sigma_z > 0:
+            z = z + self.config.sigma_z * eps.to(z.dtype)
+        return self.decode(z)
+
+
+def autoencoder_loss(x_hat: Tensor, x: Tensor, lat_weights: Tensor, channel_weights: Tensor | None = None) -> Tensor:
+    r"""Latitude (and optionally channel/level) weighted MSE on standardized variables.
+
+    .. math:: L = \frac{1}{N C H W} \sum_{n,c,i,j} w_i \, v_c \, (\hat x - x)^2_{n c i j}
+
+    Args:
+        x_hat, x: ``[N, C, H, W]`` standardized.
+        lat_weights: ``[H, 1]`` area weights with mean 1 (``Grid.area_weights_tensor()``).
+        channel_weights: ``[C]`` weights with mean 1 (e.g. GraphCast-style pressure weights), or ``None``.
+    """
+    err = (x_hat - x).square() * lat_weights
+    if channel_weights is not None:
+        err = err * channel_weights[:, None, None]
+    return err.mean()
+
+
+def level_weights(spec: object) -> Tensor:
+    """GraphCast-style channel weights ``[C]`` (mean 1): atmospheric channels proportional to pressure,
+    ``2m_temperature`` 1, other surface variables 0.1 (relative to the mean atmospheric weight)."""
+    from appa_core.spec import StateSpec
+
+    assert isinstance(spec, StateSpec)
+    levels = torch.tensor(spec.levels, dtype=torch.float64) if spec.levels else torch.ones(1, dtype=torch.float64)
+    lev_w = levels / levels.mean()
+    w = []
+    for ch in spec.channels:
+        if ch.level is None:
+            w.append(1.0 if ch.variable == "2m_temperature" else 0.1)
+        else:
+            w.append(float(lev_w[spec.levels.index(ch.level)]))
+    t = torch.tensor(w, dtype=torch.float32)
+    return t / t.mean()

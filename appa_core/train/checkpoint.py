@@ -1,0 +1,140 @@
+"""Atomic, pickle-free training checkpoints.
+
+A checkpoint is a directory ``checkpoints/step_XXXXXXXX/`` holding
+
+* ``model.safetensors``: the trained module's ``state_dict``;
+* ``optimizer.safetensors``: every optimizer state tensor as ``state.<param index>.<key>`` plus RNG states
+  (``rng.torch``, ``rng.cuda.<i>``);
+* ``state.json``: step, data position, optimizer ``param_groups``, LR scheduler state, numpy / python RNG
+  states, the training config.
+
+It is written into a temporary sibling directory and renamed into place (``os.rename`` is atomic on POSIX), then
+the ``checkpoints/latest`` pointer is replaced atomically (``os.replace``). A kill at any moment leaves either
+the previous or the new checkpoint, never a half-written one. Older checkpoints beyond ``keep`` are removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+__all__ = ["latest_checkpoint", "load_checkpoint", "save_checkpoint"]
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def save_checkpoint(
+    root: Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    extra: dict[str, Any],
+    keep: int = 2,
+) -> Path:
+    """Write checkpoint ``root/step_<step>`` atomically and point ``root/latest`` at it."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:08d}"
+    tmp = root / f".tmp_step_{step:08d}_{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    opt = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, st in opt["state"].items():
+        for key, val in st.items():
+            if isinstance(val, torch.Tensor):
+                tensors[f"state.{idx}.{key}"] = val.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[key] = val
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    np_state = np.random.get_state()  # noqa: NPY002 - saved for code that draws from it
+    py_state = random.getstate()
+    state = {
+        "step": step,
+        "param_groups": opt["param_groups"],
+        "optimizer_scalars": scalars,
+        "scheduler": {k: v for k, v in scheduler.state_dict().items() if _jsonable(v)},
+        "rng_numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "rng_python": [py_state[0], list(py_state[1]), py_state[2]],
+        **extra,
+    }
+    (tmp / "state.json").write_text(json.dumps(state, indent=1))
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    pointer = root / f".latest.tmp{os.getpid()}"
+    pointer.write_text(final.name)
+    os.replace(pointer, root / "latest")
+    old = sorted(p for p in root.glob("step_*") if p.is_dir() and p.name != final.name)
+    for p in old[: max(0, len(old) - (keep - 1))]:
+        shutil.rmtree(p, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The checkpoint ``root/latest`` points at, or ``None``."""
+    pointer = root / "latest"
+    if not pointer.is_file():
+        return None
+    path = root / pointer.read_text().strip()
+    return path if (path / "state.json").is_file() else None
+
+
+def load_checkpoint(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Restore model, optimizer, scheduler and RNG states from ``path``; returns ``state.json``."""
+    state = json.loads((path / "state.json").read_text())
+    weights = load_file(str(path / "model.safetensors"), device=str(device))
+    missing = sorted(set(model.state_dict()) - set(weights))
+    if missing:
+        raise ValueError(f"load_checkpoint: file {str(path / 'model.safetensors')!r} has no key {missing[0]!r}")
+    model.load_state_dict(weights)
+    tensors = load_file(str(path / "optimizer.safetensors"))
+    opt_state: dict[int, dict[str, Any]] = {}
+    for key, val in tensors.items():
+        if key.startswith("state."):
+            _, idx, name = key.split(".", 2)
+            opt_state.setdefault(int(idx), {})[name] = val.to(device) if name != "step" else val
+    for idx, sc in state.get("optimizer_scalars", {}).items():
+        opt_state.setdefault(int(idx), {}).update(sc)
+    optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
+    sched = dict(state["scheduler"])
+    sched.setdefault("lr_lambdas", [None] * len(optimizer.param_groups))
+    scheduler.load_state_dict(sched)
+    torch.set_rng_state(tensors["rng.torch"])
+    if torch.cuda.is_available():
+        cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+        if cuda:
+            torch.cuda.set_rng_state_all(cuda)
+    npst = state["rng_numpy"]
+    np.random.set_state((npst[0], np.asarray(npst[1], dtype=np.uint32), *npst[2:]))  # noqa: NPY002
+    pyst = state["rng_python"]
+    random.setstate((pyst[0], tuple(pyst[1]), pyst[2]))
+    return state

@@ -1,0 +1,217 @@
+"""Prior: contract shapes, save/load round trip, clear errors on malformed checkpoints, the bundled demo prior."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from appa_core.data.stats import NormStats
+from appa_core.diffusion.denoiser import DiffusionPrior
+from appa_core.nn.presets import build, get_preset
+from appa_core.prior import Prior
+
+torch.set_num_threads(1)
+TIMES = np.datetime64("2000-03-01T00", "ns") + np.arange(4) * np.timedelta64(6, "h")
+
+
+def _tiny_prior(seed: int = 0) -> Prior:
+    torch.manual_seed(seed)
+    p = get_preset("tiny")
+    ae, den = build(p)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for prm in den.parameters():
+            if prm.abs().max() == 0:
+                prm.copy_(0.05 * torch.randn(prm.shape, generator=g))
+    n = p.spec.n_channels
+    stats = NormStats(spec=p.spec, mean=np.linspace(250, 290, n), std=np.linspace(5, 10, n))
+    c = p.autoencoder.latent_channels
+    return Prior(
+        ae,
+        den,
+        stats,
+        p.make_grid(),
+        p.spec,
+        latent_mean=torch.linspace(-0.1, 0.1, c),
+        latent_std=torch.linspace(0.5, 1.5, c),
+        timestep=p.timestep,
+        preset="tiny",
+    )
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Prior, Path]:
+    prior = _tiny_prior()
+    path = tmp_path_factory.mktemp("prior") / "tiny"
+    prior.save(path)
+    return prior, path
+
+
+def test_prior_contract_shapes_and_dtypes() -> None:
+    prior = _tiny_prior()
+    assert isinstance(prior, DiffusionPrior)
+    assert prior.window == 4 and prior.timestep == np.timedelta64(6, "h")
+    assert prior.event_shape(3) == (3, 4, 8, 16)
+    z = torch.randn(2, *prior.event_shape(3), dtype=torch.float64)
+    out = prior.denoise(z, torch.tensor([0.5, 5.0]), TIMES[:3])
+    assert out.shape == z.shape and out.dtype == torch.float64
+    x = prior.decode(z)
+    assert x.shape == (2, 3, 3, 16, 32) and x.dtype == torch.float64
+    assert prior.encode(x).shape == z.shape
+    # decode is physical units: around the stats' means
+    assert abs(float(x[:, :, 0].mean()) - 250.0) < 20
+    with pytest.raises(ValueError, match=r"Prior\.denoise: window length T=5 exceeds the prior's window K=4"):
+        prior.denoise(torch.randn(1, *prior.event_shape(5)), torch.tensor(1.0))
+    with pytest.raises(ValueError, match=r"Prior\.denoise: got 2 times"):
+        prior.denoise(z, torch.tensor(1.0), TIMES[:2])
+    with pytest.raises(ValueError, match=r"Prior\.decode"):
+        prior.decode(torch.randn(2, 3, 4, 8))
+
+
+def test_prior_denoise_uses_times_and_is_differentiable() -> None:
+    prior = _tiny_prior()
+    z = torch.randn(1, *prior.event_shape(2))
+    a = prior.denoise(z, torch.tensor(1.0), TIMES[:2])
+    b = prior.denoise(z, torch.tensor(1.0), TIMES[2:4])
+    assert (a - b).abs().max() > 1e-6
+    v = torch.randn_like(z)
+    _, jv = torch.func.jvp(lambda u: prior.decode(prior.denoise(u, torch.tensor(1.0), TIMES[:2])), (z,), (v,))
+    assert jv.shape == (1, 2, 3, 16, 32) and torch.isfinite(jv).all()
+
+
+def test_save_load_round_trip_is_bit_exact(saved: tuple[Prior, Path]) -> None:
+    prior, path = saved
+    assert sorted(p.name for p in path.iterdir()) == [
+        "autoencoder.safetensors",
+        "config.json",
+        "denoiser.safetensors",
+        "stats.json",
+    ]
+    loaded = Prior.load(path)
+    for a, b in ((prior.autoencoder, loaded.autoencoder), (prior.denoiser, loaded.denoiser)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert torch.equal(prior.latent_mean, loaded.latent_mean) and torch.equal(prior.latent_std, loaded.latent_std)
+    np.testing.assert_array_equal(prior.stats.mean, loaded.stats.mean)
+    assert loaded.grid == prior.grid and loaded.spec == prior.spec and loaded.window == prior.window
+    z = torch.randn(2, *prior.event_shape(4))
+    assert torch.equal(
+        prior.denoise(z, torch.tensor([0.3, 3.0]), TIMES), loaded.denoise(z, torch.tensor([0.3, 3.0]), TIMES)
+    )
+    assert torch.equal(prior.decode(z), loaded.decode(z))
+
+
+def test_fp16_save_loads_as_float32_close(tmp_path: Path) -> None:
+    prior = _tiny_prior()
+    prior.save(tmp_path, dtype=torch.float16)
+    loaded = Prior.load(tmp_path)
+    assert loaded.denoiser.embed_in.weight.dtype == torch.float32
+    z = torch.randn(1, *prior.event_shape(2))
+    torch.testing.assert_close(loaded.decode(z), prior.decode(z), atol=0.05, rtol=1e-3)
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def test_malformed_checkpoints_raise_clear_errors(saved: tuple[Prior, Path], tmp_path: Path) -> None:
+    _, src = saved
+    with pytest.raises(FileNotFoundError, match=r"Prior.load: .* is not a directory"):
+        Prior.load(tmp_path / "nope")
+    # missing file
+    d = _copy(src, tmp_path / "a")
+    (d / "denoiser.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"Prior.load: missing file .*denoiser.safetensors"):
+        Prior.load(d)
+    # corrupted JSON
+    d = _copy(src, tmp_path / "b")
+    (d / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"Prior.load: file .*config.json.* is not valid JSON"):
+        Prior.load(d)
+    # wrong version and missing key
+    d = _copy(src, tmp_path / "c")
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "format_version": 99}))
+    with pytest.raises(ValueError, match="key 'format_version' is 99"):
+        Prior.load(d)
+    del cfg["spec"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"Prior.load: file .*config.json.* has no key 'spec'"):
+        Prior.load(d)
+    # invalid latent stats
+    d = _copy(src, tmp_path / "d")
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "latent_std": [1.0]}))
+    with pytest.raises(ValueError, match="key 'latent_std' is invalid"):
+        Prior.load(d)
+    # a weight missing, and a weight of the wrong shape
+    d = _copy(src, tmp_path / "e")
+    w = load_file(str(d / "autoencoder.safetensors"))
+    key = sorted(w)[0]
+    save_file({k: v for k, v in w.items() if k != key}, str(d / "autoencoder.safetensors"))
+    with pytest.raises(ValueError, match=rf"Prior.load: file .*autoencoder.safetensors.* has no key '{key}'"):
+        Prior.load(d)
+    w[key] = torch.zeros(3)
+    save_file(w, str(d / "autoencoder.safetensors"))
+    with pytest.raises(ValueError, match=f"key '{key}' has shape \\[3\\]"):
+        Prior.load(d)
+    # not a safetensors file at all
+    d = _copy(src, tmp_path / "f")
+    (d / "denoiser.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ValueError, match=r"Prior.load: file .*denoiser.safetensors.* is not a valid safetensors file"):
+        Prior.load(d)
+    # a config that does not match the weights (mismatched checkpoint)
+    d = _copy(src, tmp_path / "g")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["denoiser"]["width"] = 64
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"Prior.load: file .*denoiser.safetensors.* key .* has shape"):
+        Prior.load(d)
+    # stats for another spec
+    d = _copy(src, tmp_path / "h")
+    st = json.loads((d / "stats.json").read_text())
+    (d / "stats.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"Prior.load: file .*stats.json.* is invalid"):
+        Prior.load(d)
+    assert st["format"] == "appa-normstats"
+
+
+def test_bundled_demo_prior_loads_and_reconstructs() -> None:
+    import importlib.resources
+
+    from appa_core.data import DEMO_SPEC
+
+    root = importlib.resources.files("appa_core") / "assets" / "demo_prior"
+    size = sum(f.stat().st_size for f in Path(str(root)).iterdir())
+    assert size < 8 * 2**20
+    prior = Prior.demo()
+    assert prior.spec == DEMO_SPEC and prior.grid.shape == (48, 96) and prior.window == 8
+    assert prior.event_shape(8) == (8, 8, 12, 24)
+    assert prior.timestep == np.timedelta64(6, "h")
+    z = torch.randn(1, *prior.event_shape(2))
+    x = prior.decode(z)
+    assert x.shape == (1, 2, 24, 48, 96) and torch.isfinite(x).all()
+    t2m = x[0, :, DEMO_SPEC.index("2m_temperature")]
+    assert float(t2m.min()) > 200 and float(t2m.max()) < 340  # kelvin, plausible even from a random latent
+    from appa_core.data.truth import truth_slice_resource
+
+    if not truth_slice_resource().is_file():
+        pytest.skip("no bundled truth slice to reconstruct")
+    from appa_core.data import load_truth_slice
+    from appa_core.state import dataset_to_tensor
+
+    truth, _, _ = dataset_to_tensor(load_truth_slice(), DEMO_SPEC)
+    truth = truth[:8][None]
+    with torch.no_grad():
+        rec = prior.decode(prior.encode(truth))
+    err = prior.standardize(rec) - prior.standardize(truth)
+    assert float(err.square().mean().sqrt()) < 0.5  # standardized RMSE of the demo autoencoder
