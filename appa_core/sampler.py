@@ -440,7 +440,8 @@ def save_zarr(ds: xr.Dataset, path: str | os.PathLike[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        ds.to_zarr(tmp / "store.zarr", mode="w")
+        # zarr format 2 with consolidated metadata: the WeatherBench2 layout, readable by every zarr version
+        ds.to_zarr(tmp / "store.zarr", mode="w", zarr_format=2, consolidated=True)
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
