@@ -224,6 +224,7 @@ class SparseLinearOperator(ObsOperator):
 
     _A: sp.csr_array | None = attrs.field(default=None, init=False, repr=False)
     _b: np.ndarray | None = attrs.field(default=None, init=False, repr=False)
+    _coo: tuple[np.ndarray, np.ndarray, np.ndarray] | None = attrs.field(default=None, init=False, repr=False)
     _cache: dict[tuple[torch.dtype, str], tuple[Tensor, Tensor, Tensor, Tensor | None]] = attrs.field(
         factory=dict, init=False, repr=False
     )
@@ -234,6 +235,10 @@ class SparseLinearOperator(ObsOperator):
             raise ValueError(f"{self.name}: matrix has {A.shape[0]} rows but there are {self.size} observations")
         A.sum_duplicates()
         self._A, self._b, self._cache = A, None if b is None else np.asarray(b, dtype=np.float64), {}
+        # entries in column order, computed here in prepare: the forward's gather then reads the state in memory
+        # order (5x faster than row order for 10^6 stations on a 0.25 deg grid, benchmarks/operators.py)
+        coo = A.tocsc().tocoo()
+        self._coo = (coo.row.astype(np.int64), coo.col.astype(np.int64), coo.data)
 
     def matrix(self) -> sp.csr_array:
         if self._A is None:
@@ -247,10 +252,12 @@ class SparseLinearOperator(ObsOperator):
     def _torch_matrix(self, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         key = (dtype, str(device))
         if key not in self._cache:
-            A = self.matrix().tocoo()
-            rows = torch.as_tensor(A.row, dtype=torch.int64, device=device)
-            cols = torch.as_tensor(A.col, dtype=torch.int64, device=device)
-            data = torch.as_tensor(A.data, dtype=dtype, device=device)
+            self.matrix()  # raises if not prepared
+            assert self._coo is not None
+            row, col, val = self._coo
+            rows = torch.as_tensor(row, device=device)
+            cols = torch.as_tensor(col, device=device)
+            data = torch.as_tensor(val, dtype=dtype, device=device)
             b = None if self._b is None else torch.as_tensor(self._b, dtype=dtype, device=device)
             self._cache[key] = (rows, cols, data, b)
         return self._cache[key]
@@ -260,5 +267,5 @@ class SparseLinearOperator(ObsOperator):
         # double backward, which the guidance needs.
         rows, cols, data, b = self._torch_matrix(x.dtype, x.device)
         flat = x.reshape(x.shape[0], -1)
-        out = flat.new_zeros(x.shape[0], self.size).index_add(1, rows, flat[:, cols] * data)
+        out = flat.new_zeros(x.shape[0], self.size).index_add(1, rows, flat.index_select(1, cols) * data)
         return out if b is None else out + b
