@@ -28,6 +28,8 @@ from appa_core.grid import Grid
 from appa_core.noise import DiagonalGaussian, NoiseModel
 from appa_core.obs import SparseLinearOperator, time_interpolation
 from appa_core.obs._validate import (
+    broadcast_floats,
+    broadcast_strings,
     check_finite,
     check_lat,
     check_lon,
@@ -40,7 +42,6 @@ from appa_core.obs._validate import (
 from appa_core.obs.interp import bilinear_weights, nearest_weights, product_stencil_matrix
 from appa_core.spec import StateSpec
 
-from ._common import broadcast_floats, broadcast_strings
 from .masked import DEFAULT_ERRORS
 
 __all__ = ["PressureLevelOp", "log_pressure_weights"]

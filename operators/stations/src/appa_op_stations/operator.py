@@ -38,19 +38,20 @@ from appa_core.grid import Grid
 from appa_core.noise import DiagonalGaussian, NoiseModel
 from appa_core.obs import SparseLinearOperator, time_interpolation
 from appa_core.obs._validate import (
+    broadcast_floats,
+    broadcast_strings,
     check_finite,
     check_lat,
     check_lon,
     check_nonempty,
     check_positive,
     check_same_length,
+    field_on_grid,
     to_datetime64,
     to_float_array,
 )
 from appa_core.obs.interp import bilinear_weights, nearest_weights, product_stencil_matrix
 from appa_core.spec import StateSpec
-
-from ._common import broadcast_floats, broadcast_strings, field_on_grid
 
 __all__ = ["DEFAULT_ERRORS", "LAPSE_RATE", "R_DRY", "G", "StationOp"]
 
