@@ -398,23 +398,6 @@ class _SharedSigmaGaussianPrior(GaussianPrior):
         super().__init__(*args, **kwargs)
         self._kcache: dict[tuple[float, torch.dtype], Tensor] = {}
 
-    def marginal(self, length: int) -> GaussianPrior:
-        if length == self.window:
-            return self
-        self.event_shape(length)
-        if length not in self._marginals:
-            n = length * int(np.prod(self.state_shape[1:]))
-            cov = (
-                LowRankDiag(self.cov.factor[:n], self.cov.diag[:n])
-                if isinstance(self.cov, LowRankDiag)
-                else self.cov[:n, :n]
-            )
-            self._marginals[length] = _SharedSigmaGaussianPrior(
-                self.mean[:length], cov, self.grid, self.spec, self.timestep, self.schedule,
-                center=self.center[:length], scale=self.scale[:length], dtype=self.dtype,
-            )  # fmt: skip
-        return self._marginals[length]
-
     def _solve_shifted(self, v: Tensor, sigma: Tensor) -> Tensor:
         if self._eig is not None or sigma.numel() == 0 or not bool((sigma == sigma.reshape(-1)[0]).all()):
             return super()._solve_shifted(v, sigma)

@@ -204,7 +204,7 @@ class GaussianPrior(DiffusionPrior):
                 if isinstance(self.cov, LowRankDiag)
                 else self.cov[:n, :n]
             )
-            self._marginals[length] = GaussianPrior(
+            self._marginals[length] = type(self)(  # subclasses (e.g. the OI baseline's) keep their type
                 self.mean[:length], cov, self.grid, self.spec, self.timestep, self.schedule,
                 center=self.center[:length], scale=self.scale[:length], dtype=self.dtype,
             )  # fmt: skip
