@@ -362,7 +362,9 @@ def _load_weights(module: nn.Module, path: Path, device: torch.device | str) -> 
     if not path.is_file():
         raise FileNotFoundError(f"Prior.load: missing file {str(path)!r}")
     try:
-        tensors = load_file(str(path), device=str(device))
+        # clone: load_file may memory-map the file, and a checkpoint overwritten on disk must not change (or crash)
+        # a prior that is already loaded
+        tensors = {k: v.clone() for k, v in load_file(str(path), device=str(device)).items()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise ValueError(f"Prior.load: file {str(path)!r} is not a valid safetensors file: {err}") from err
     expected = module.state_dict()
