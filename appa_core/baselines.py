@@ -41,9 +41,6 @@ import argparse
 import importlib.resources
 import math
 import os
-import shutil
-import tempfile
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -53,6 +50,7 @@ import torch
 import xarray as xr
 from torch import Tensor
 
+from appa_core.data.packing import int16_packing, write_zarr
 from appa_core.data.reader import TimeSelection, open_wb2
 from appa_core.gaussian import GaussianPrior, LowRankDiag
 from appa_core.grid import Grid
@@ -73,8 +71,6 @@ _FORMAT = "appa-climatology"
 _EPOCH = np.datetime64("1970-01-01T00", "ns")
 _HOUR_NS = 3_600 * 10**9
 _DAY_NS = 24 * _HOUR_NS
-_QMAX = 32766
-_FILL = np.int16(-32768)
 
 
 def _hour_of_day(times: np.ndarray, owner: str) -> np.ndarray:
@@ -286,28 +282,9 @@ class Climatology:
         for name in ds.data_vars:
             enc: dict[str, Any] = {"chunks": ds[name].shape}
             if packed:
-                enc.update(_packing(ds[name].values))
+                enc.update(int16_packing(ds[name].values))
             encoding[str(name)] = enc
-        for var in ds.variables.values():
-            var.encoding = {}
-        out = Path(path)
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.suffix != ".zip":
-            ds.to_zarr(out, mode="w", zarr_format=2, consolidated=True, encoding=encoding)
-            return out
-        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-            store = Path(tmp) / "store.zarr"
-            ds.to_zarr(store, mode="w", zarr_format=2, consolidated=True, encoding=encoding)
-            part = Path(tmp) / "store.zip"
-            with zipfile.ZipFile(part, "w", compression=zipfile.ZIP_STORED) as zf:
-                for file in sorted(store.rglob("*")):
-                    if file.is_file():
-                        zf.write(file, file.relative_to(store).as_posix())
-            os.chmod(part, 0o644)
-            os.replace(part, out)
-        return out
+        return write_zarr(ds, path, encoding)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Climatology:
@@ -328,14 +305,6 @@ class Climatology:
                 f"Climatology.load: file {str(p)!r} has format {ds.attrs.get('format')!r}, expected {_FORMAT!r}"
             )
         return cls.from_dataset(ds)
-
-
-def _packing(values: np.ndarray) -> dict[str, Any]:
-    finite = values[np.isfinite(values)]
-    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
-    scale = (hi - lo) / (2 * _QMAX) if hi > lo else 1.0
-    return {"dtype": "int16", "scale_factor": np.float64(scale), "add_offset": np.float64(0.5 * (hi + lo)),
-            "_FillValue": _FILL}  # fmt: skip
 
 
 def climatology_resource() -> Any:

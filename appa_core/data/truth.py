@@ -22,9 +22,6 @@ from __future__ import annotations
 import argparse
 import importlib.resources
 import os
-import shutil
-import tempfile
-import zipfile
 from collections.abc import Sequence
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -33,6 +30,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from appa_core.data.packing import int16_packing, write_zarr
 from appa_core.data.reader import open_wb2
 from appa_core.spec import StateSpec
 from appa_core.state import _level_indices, _select_channels, normalize_layout
@@ -57,8 +55,6 @@ DEMO_SPEC = StateSpec(
 #: File name of the bundled truth slice inside ``appa_core/assets/``.
 TRUTH_SLICE_NAME = "truth_slice.zarr.zip"
 _STATICS = ("land_sea_mask", "geopotential_at_surface")
-_FILL = np.int16(-32768)
-_QMAX = 32766
 
 
 def truth_slice_resource() -> Traversable:
@@ -93,21 +89,6 @@ def load_truth_slice() -> xr.Dataset:
         )
     with importlib.resources.as_file(resource) as path:
         return read_truth_slice(path)
-
-
-def _packing(values: np.ndarray) -> dict[str, Any]:
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        lo = hi = 0.0
-    else:
-        lo, hi = float(finite.min()), float(finite.max())
-    scale = (hi - lo) / (2 * _QMAX) if hi > lo else 1.0
-    return {
-        "dtype": "int16",
-        "scale_factor": np.float64(scale),
-        "add_offset": np.float64(0.5 * (hi + lo)),
-        "_FillValue": _FILL,
-    }
 
 
 def make_truth_slice(
@@ -172,24 +153,8 @@ def make_truth_slice(
         **{k: v for k, v in (getattr(probe, "attrs", {}) or {}).items() if k in ("seed", "model", "split")},
         **(attrs or {}),
     }
-    encoding = {v: {**_packing(ds[v].values), "chunks": ds[v].shape} for v in ds.data_vars}
-    for v in ds.variables.values():
-        v.encoding = {}
-    out = Path(out)
-    if out.exists():
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix != ".zip":
-        ds.to_zarr(out, mode="w", zarr_format=2, consolidated=True, encoding=encoding)
-        return out
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp_store = Path(tmp) / "store.zarr"
-        ds.to_zarr(tmp_store, mode="w", zarr_format=2, consolidated=True, encoding=encoding)
-        with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as zf:
-            for file in sorted(tmp_store.rglob("*")):
-                if file.is_file():
-                    zf.write(file, file.relative_to(tmp_store).as_posix())
-    return out
+    encoding = {v: {**int16_packing(ds[v].values), "chunks": ds[v].shape} for v in ds.data_vars}
+    return write_zarr(ds, out, encoding)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
