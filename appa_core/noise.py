@@ -44,9 +44,43 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["BlockDiagonal", "CorrelatedGaussian", "DiagonalGaussian", "Huber", "NoiseModel", "StudentT"]
+__all__ = [
+    "DEFAULT_ERRORS",
+    "BlockDiagonal",
+    "CorrelatedGaussian",
+    "DiagonalGaussian",
+    "Huber",
+    "NoiseModel",
+    "StudentT",
+]
 
 _LOG_2PI = math.log(2 * math.pi)
+
+
+#: Default observation-error standard deviations per variable, in the variable's units, used by the point and
+#: gridded operator families when ``error`` is not given: typical in situ values (WMO/ECMWF order of magnitude,
+#: plus representativeness on coarse grids).
+DEFAULT_ERRORS: dict[str, float] = {
+    "2m_temperature": 1.0,
+    "2m_dewpoint_temperature": 1.5,
+    "skin_temperature": 1.5,
+    "sea_surface_temperature": 0.5,
+    "10m_u_component_of_wind": 1.5,
+    "10m_v_component_of_wind": 1.5,
+    "10m_wind_speed": 1.5,
+    "mean_sea_level_pressure": 100.0,
+    "surface_pressure": 100.0,
+    "total_precipitation_6hr": 1e-3,
+    "total_column_water_vapour": 2.0,
+    "temperature": 1.0,
+    "u_component_of_wind": 2.0,
+    "v_component_of_wind": 2.0,
+    "wind_speed": 2.0,
+    "vertical_velocity": 0.1,
+    "specific_humidity": 5e-4,
+    "relative_humidity": 10.0,
+    "geopotential": 100.0,
+}
 
 
 def _std_tensor(owner: str, field: str, value: object) -> Tensor:

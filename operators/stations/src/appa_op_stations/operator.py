@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from appa_core.grid import Grid
-from appa_core.noise import DiagonalGaussian, NoiseModel
+from appa_core.noise import DEFAULT_ERRORS, DiagonalGaussian, NoiseModel
 from appa_core.obs import SparseLinearOperator, time_interpolation
 from appa_core.obs._validate import (
     broadcast_floats,
@@ -61,30 +61,6 @@ G = 9.80665
 R_DRY = 287.05
 #: Standard-atmosphere temperature lapse rate, K m**-1 (UFO ``Lclr``).
 LAPSE_RATE = 0.0065
-
-#: Default observation-error standard deviations per variable, in the variable's units (used when ``error`` is
-#: not given): typical in situ values (WMO/ECMWF order of magnitude, plus representativeness on coarse grids).
-DEFAULT_ERRORS: dict[str, float] = {
-    "2m_temperature": 1.0,
-    "2m_dewpoint_temperature": 1.5,
-    "skin_temperature": 1.5,
-    "sea_surface_temperature": 0.5,
-    "10m_u_component_of_wind": 1.5,
-    "10m_v_component_of_wind": 1.5,
-    "10m_wind_speed": 1.5,
-    "mean_sea_level_pressure": 100.0,
-    "surface_pressure": 100.0,
-    "total_precipitation_6hr": 1e-3,
-    "total_column_water_vapour": 2.0,
-    "temperature": 1.0,
-    "u_component_of_wind": 2.0,
-    "v_component_of_wind": 2.0,
-    "wind_speed": 2.0,
-    "vertical_velocity": 0.1,
-    "specific_humidity": 5e-4,
-    "relative_humidity": 10.0,
-    "geopotential": 100.0,
-}
 
 _LAPSE_VARIABLES = ("2m_temperature",)
 _HYPSOMETRIC_VARIABLES = ("surface_pressure",)
