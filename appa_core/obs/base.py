@@ -169,12 +169,20 @@ class ObsOperator(abc.ABC):
         flat = np.asarray(torch.as_tensor(values).detach().cpu(), dtype=np.float64).reshape(-1)
         if flat.size != self.size:
             raise ValueError(f"{self.name}: field 'values' has {flat.size} values but the operator has {self.size}")
-        current = np.shape(np.asarray(getattr(self, self.values_field), dtype=object))
+        field = next(a for a in attrs.fields(type(self)) if a.alias == self.values_field)
+        current = np.shape(np.asarray(getattr(self, field.name), dtype=object))
         new = attrs.evolve(self, **{self.values_field: flat.reshape(current)})
         if self.prepared:
-            assert self.grid is not None and self.spec is not None
-            new.prepare(self.grid, self.spec, self.window)
+            new._adopt_prepared(self)
         return new
+
+    def _adopt_prepared(self, other: Self) -> None:
+        """Prepare this copy as ``other`` is (same locations and times, other values).
+
+        The default prepares again; families whose geometry does not depend on the values may copy it instead.
+        """
+        assert other.grid is not None and other.spec is not None
+        self.prepare(other.grid, other.spec, other.window)
 
     def simulate(
         self,

@@ -276,44 +276,8 @@ class FootprintOperator(SparseLinearOperator):
         return out
 
     # ------------------------------------------------------------------ synthetic observations
-    def simulate(
-        self,
-        truth: object,
-        grid: Grid,
-        spec: StateSpec,
-        times: object,
-        *,
-        noise: bool = True,
-        generator: torch.Generator | None = None,
-    ) -> Self:
-        """A copy of this operator whose values are ``H(truth) + eps``, ``eps`` drawn from its noise model.
-
-        Args:
-            truth: the true trajectory ``[T, C, H, W]`` or ``[1, T, C, H, W]`` (tensor or array, physical units).
-            grid, spec, times: the state layout and window (as for :meth:`prepare`).
-            noise: add noise (``False``: exact ``H(truth)``).
-            generator: torch generator for reproducible noise.
-
-        Returns:
-            the new operator, already prepared on ``(grid, spec, times)``.
-        """
-        x = torch.as_tensor(np.asarray(truth) if not isinstance(truth, Tensor) else truth).to(torch.float64)
-        if x.ndim == 4:
-            x = x[None]
-        if x.ndim != 5 or x.shape[0] != 1:
-            raise ValueError(f"{self.name}: field 'truth' must be [T, C, H, W] or [1, T, C, H, W], got {list(x.shape)}")
-        self.prepare(grid, spec, times)
-        with torch.no_grad():
-            y = self(x)[0]
-            if noise:
-                assert self.noise is not None
-                y = y + self.noise.sample((), generator=generator, dtype=torch.float64)
-        new = attrs.evolve(self, values=y.numpy().reshape(self.n_footprints, self.n_components))
-        new._adopt_geometry(self)
-        return new
-
-    def _adopt_geometry(self, other: FootprintOperator) -> None:
-        """Reuse ``other``'s prepared geometry (same locations and times)."""
+    def _adopt_prepared(self, other: Self) -> None:
+        """Reuse ``other``'s prepared geometry (same footprints and times): no second ``prepare``."""
         self.grid, self.spec, self.window = other.grid, other.spec, other.window
         self._stencil, self._time_weights = other._stencil, other._time_weights
         self._profile_channels, self._vertical, self._st = other._profile_channels, other._vertical, other._st
