@@ -26,7 +26,7 @@ from appa_core.nn.autoencoder import Autoencoder, AutoencoderConfig, autoencoder
 from appa_core.nn.presets import get_preset
 from appa_core.spec import StateSpec
 from appa_core.train.config import RunConfig, load_config
-from appa_core.train.data import StateData, load_states, sample_generator
+from appa_core.train.data import StateData, load_splits, sample_generator
 from appa_core.train.loop import init_distributed, run_training
 
 __all__ = ["load_autoencoder_run", "make_stats", "reconstruction_rmse", "train_autoencoder"]
@@ -103,12 +103,7 @@ def train_autoencoder(
     info = init_distributed()
     preset = get_preset(run.preset)
     spec = data.spec if isinstance(data, StateData) else preset.spec
-    train = load_states(data, spec, run.train_range)
-    valid = None
-    if val_data is not None:
-        valid = load_states(val_data, spec, None)
-    elif run.valid_range is not None:
-        valid = load_states(data, spec, run.valid_range)
+    train, valid = load_splits(data, spec, run.train_range, run.valid_range, val_data)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stats_path = out / "stats.json"

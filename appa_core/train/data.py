@@ -18,7 +18,7 @@ from torch import Tensor
 from appa_core.grid import Grid
 from appa_core.spec import StateSpec
 
-__all__ = ["StateData", "contiguous_starts", "load_states", "sample_stream"]
+__all__ = ["StateData", "contiguous_starts", "load_splits", "load_states", "sample_stream"]
 
 
 @attrs.frozen(eq=False)
@@ -78,6 +78,21 @@ def load_states(
     ds = open_wb2(data, variables=list(spec.variables), levels=list(spec.levels) or None, time=time_range)
     x, times, grid = dataset_to_tensor(ds, spec)
     return StateData(x.float().contiguous(), np.asarray(times).astype("datetime64[ns]"), grid, spec)
+
+
+def load_splits(
+    data: str | os.PathLike[str] | StateData,
+    spec: StateSpec,
+    train_range: tuple[str, str] | None,
+    valid_range: tuple[str, str] | None,
+    val_data: str | os.PathLike[str] | StateData | None = None,
+) -> tuple[StateData, StateData | None]:
+    """The training split of ``data`` and the validation split: all of ``val_data`` if given, else
+    ``valid_range`` of ``data`` (``None`` if neither)."""
+    train = load_states(data, spec, train_range)
+    if val_data is not None:
+        return train, load_states(val_data, spec, None)
+    return train, None if valid_range is None else load_states(data, spec, valid_range)
 
 
 def contiguous_starts(times: np.ndarray, length: int, timestep: np.timedelta64) -> np.ndarray:

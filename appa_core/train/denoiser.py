@@ -35,7 +35,7 @@ from appa_core.nn.presets import get_preset
 from appa_core.prior import Prior
 from appa_core.train.autoencoder import _standardize, load_autoencoder_run
 from appa_core.train.config import RunConfig, load_config
-from appa_core.train.data import StateData, contiguous_starts, load_states, sample_generator
+from appa_core.train.data import StateData, contiguous_starts, load_splits, sample_generator
 from appa_core.train.loop import init_distributed, run_training
 
 __all__ = ["denoiser_loss", "encode_latents", "train_denoiser"]
@@ -115,12 +115,7 @@ def train_denoiser(
     ae, stats, grid, spec, _ = load_autoencoder_run(ae_dir)
     ae = ae.to(info.device)
     preset = get_preset(run.preset)
-    train = load_states(data, spec, run.train_range)
-    valid = None
-    if val_data is not None:
-        valid = load_states(val_data, spec, None)
-    elif run.valid_range is not None:
-        valid = load_states(data, spec, run.valid_range)
+    train, valid = load_splits(data, spec, run.train_range, run.valid_range, val_data)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     digest = _file_digest(ae_dir / "autoencoder.safetensors")
