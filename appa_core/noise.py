@@ -52,6 +52,7 @@ __all__ = [
     "Huber",
     "NoiseModel",
     "StudentT",
+    "default_errors",
 ]
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -81,6 +82,23 @@ DEFAULT_ERRORS: dict[str, float] = {
     "relative_humidity": 10.0,
     "geopotential": 100.0,
 }
+
+
+def default_errors(owner: str, variables: Sequence[str], codes: np.ndarray) -> np.ndarray:
+    """Per-observation default error stds ``[M]`` from :data:`DEFAULT_ERRORS`.
+
+    Args:
+        owner: the operator's name, for the error message.
+        variables: the distinct observed variables.
+        codes: index into ``variables`` per observation ``[M]``.
+    """
+    missing = [v for v in variables if v not in DEFAULT_ERRORS]
+    if missing:
+        raise ValueError(
+            f"{owner}: field 'error' is not given and variable {missing[0]!r} has no default error; "
+            f"give 'error' (std per observation) or a noise model"
+        )
+    return np.array([DEFAULT_ERRORS[v] for v in variables])[codes]
 
 
 def _std_tensor(owner: str, field: str, value: object) -> Tensor:

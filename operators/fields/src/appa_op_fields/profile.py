@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from appa_core.grid import Grid
-from appa_core.noise import DiagonalGaussian, NoiseModel
+from appa_core.noise import DiagonalGaussian, NoiseModel, default_errors
 from appa_core.obs import SparseLinearOperator, time_interpolation
 from appa_core.obs._validate import (
     broadcast_floats,
@@ -41,8 +41,6 @@ from appa_core.obs._validate import (
 )
 from appa_core.obs.interp import bilinear_weights, nearest_weights, product_stencil_matrix
 from appa_core.spec import StateSpec
-
-from .masked import DEFAULT_ERRORS
 
 __all__ = ["PressureLevelOp", "log_pressure_weights"]
 
@@ -172,12 +170,7 @@ class PressureLevelOp(SparseLinearOperator):
     def default_noise(self) -> NoiseModel:
         if self.error is not None:
             return DiagonalGaussian(self.error)
-        for v in self._names:  # distinct variables, not observations
-            if v not in DEFAULT_ERRORS:
-                raise ValueError(
-                    f"{self.name}: field 'error' is not given and variable {v!r} has no default error; give 'error'"
-                )
-        return DiagonalGaussian(np.array([DEFAULT_ERRORS[v] for v in self._names])[self._codes])
+        return DiagonalGaussian(default_errors(str(self.name), self._names, self._codes))
 
     @property
     def size(self) -> int:

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from appa_core.grid import Grid
-from appa_core.noise import DEFAULT_ERRORS, DiagonalGaussian, NoiseModel
+from appa_core.noise import DEFAULT_ERRORS, DiagonalGaussian, NoiseModel, default_errors
 from appa_core.obs import SparseLinearOperator, time_interpolation
 from appa_core.obs._validate import (
     broadcast_floats,
@@ -208,13 +208,7 @@ class StationOp(SparseLinearOperator):
     def default_noise(self) -> NoiseModel:
         if self.error is not None:
             return DiagonalGaussian(self.error)
-        missing = [v for v in self._names if v not in DEFAULT_ERRORS]
-        if missing:
-            raise ValueError(
-                f"{self.name}: field 'error' is not given and variable {missing[0]!r} has no default error; "
-                f"give 'error' (std per observation) or a noise model"
-            )
-        return DiagonalGaussian(np.array([DEFAULT_ERRORS[v] for v in self._names])[self._codes])
+        return DiagonalGaussian(default_errors(str(self.name), self._names, self._codes))
 
     @property
     def size(self) -> int:
