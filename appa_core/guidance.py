@@ -196,10 +196,13 @@ class MMPS:
         _check_finite(out.reshape(-1, 1), {"guided state": slice(0, 1)}, "the guided denoiser output", where)
         bn = b.norm(dim=-1, keepdim=True)
         per_op = {}
-        for n, s in names.items():
-            rn = info.residual_vector[..., s].norm(dim=-1)
-            bs = b[..., s].norm(dim=-1)
-            per_op[n] = float(torch.where(bs > 0, rn / bs.clamp_min(1e-300), rn / bn[..., 0].clamp_min(1e-300)).max())
+        if info.residual_vector is not None:  # None: fixed-iteration GMRES, nothing to report per operator
+            for n, s in names.items():
+                rn = info.residual_vector[..., s].norm(dim=-1)
+                bs = b[..., s].norm(dim=-1)
+                per_op[n] = float(
+                    torch.where(bs > 0, rn / bs.clamp_min(1e-300), rn / bn[..., 0].clamp_min(1e-300)).max()
+                )
         report = GuidanceReport(info.converged, info.iterations, float(info.residual.max()), per_op, where)
         return out, report
 

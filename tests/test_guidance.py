@@ -225,3 +225,23 @@ def test_wind_speed_posterior_matches_importance_sampling() -> None:
     assert float(err_mean) < 0.15 and float(err_sd) < 0.08, (float(err_mean), float(err_sd))
     # the observations moved the wind: the posterior is far from the prior at the observed points
     assert float((ref_mean[:8] - mean.reshape(-1)[:8]).abs().max()) > 1.0
+
+
+def test_fixed_iteration_gmres_spends_no_extra_product() -> None:
+    # Appa's setting (2 GMRES iterations, no tolerance) is on the hot path: exactly maxiter products with A, and
+    # the reported relative residual is GMRES's estimate, equal to the true one in exact arithmetic
+    from appa_core.linalg import gmres
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(6, 6, generator=gen, dtype=torch.float64) + 6 * torch.eye(6, dtype=torch.float64)
+    b = torch.randn(3, 6, generator=gen, dtype=torch.float64)
+    calls = []
+
+    def matvec(v: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return (a @ v[..., None])[..., 0]
+
+    x, info = gmres(matvec, b, tol=None, maxiter=2)
+    assert len(calls) == 2 and info.converged and info.residual_vector is None
+    true = (b - (a @ x[..., None])[..., 0]).norm(dim=-1) / b.norm(dim=-1)
+    torch.testing.assert_close(info.residual, true, rtol=1e-10, atol=1e-12)
