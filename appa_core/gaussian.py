@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from appa_core.diffusion.denoiser import DiffusionPrior
-from appa_core.diffusion.schedule import LogLinearSchedule, Schedule
+from appa_core.diffusion.schedule import RectifiedSchedule, Schedule
 from appa_core.grid import Grid
 from appa_core.spec import StateSpec
 
@@ -111,7 +111,8 @@ class GaussianPrior(DiffusionPrior):
         grid: horizontal grid (``H, W``).
         spec: state variables (``C``).
         timestep: spacing of consecutive states.
-        schedule: noise schedule (default log-linear from 1e-3 to 1e3).
+        schedule: noise schedule (default rectified, sigma from 1e-3 to 1e3: the latent priors' schedule, on which the
+            sampler's defaults are calibrated; see docs/sampler.md).
         center: ``c`` ``[T, C, H, W]`` (default ``mean``).
         scale: ``s`` ``[T, C, H, W]`` > 0 (default ``sqrt(diag(cov))``).
         dtype: dtype of the tensors the prior works in (float64 by default: it is an oracle).
@@ -138,7 +139,7 @@ class GaussianPrior(DiffusionPrior):
         if not bool(torch.isfinite(mu).all()):
             raise ValueError("GaussianPrior: field 'mean' has non-finite values")
         d = mu.numel()
-        self.grid, self.spec, self.schedule = grid, spec, schedule or LogLinearSchedule()
+        self.grid, self.spec, self.schedule = grid, spec, schedule or RectifiedSchedule()
         self.timestep = np.timedelta64(timestep).astype("timedelta64[ns]")
         self.window = int(mu.shape[0])
         self.dtype = dtype

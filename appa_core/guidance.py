@@ -19,8 +19,11 @@ All products are matrix-free: :math:`\hat A v` by forward-mode AD (``torch.func.
 :math:`J^\top` for :math:`J`, exact when the denoiser is exact, since then ``J`` is symmetric). The system is
 solved by CG or GMRES (:mod:`appa_core.linalg`) in float64, symmetrically scaled by the diagonal of
 :math:`\Sigma_y` (the residual is measured in units of observation-error standard deviations), with a tolerance
-and an iteration cap. Robust noise models enter through IRLS weights :math:`w = \psi(r)/r` evaluated at the
-residual :math:`r = y - \mathcal{A}(\hat z)`: :math:`\Sigma_y \to W^{-1/2}\Sigma_y W^{-1/2}`.
+and an iteration cap (adaptive by default: iterate to the tolerance; iterations and residuals are reported).
+Robust noise models enter through IRLS weights :math:`w = \psi(u)/u` of the residual :math:`r = y -
+\mathcal{A}(\hat z)` standardised by the **full innovation variance**, :math:`u_i = r_i / \sqrt{R_{ii} + b_{ii}}`
+with :math:`b = \mathrm{diag}(\hat A V_t \hat A^\top)` (Hutchinson estimate), so that at large noise levels the
+prior's spread does not make every observation an outlier: :math:`\Sigma_y \to W^{-1/2}\Sigma_y W^{-1/2}`.
 For a Gaussian prior, affine :math:`\mathcal{A}` and Gaussian noise this is the exact posterior denoiser.
 
 **DPS** (Chung et al., 2023), as a guided denoiser: :math:`\hat z - \zeta\,\nabla_{z_t}
@@ -46,6 +49,7 @@ from appa_core.noise import BlockDiagonal, DiagonalGaussian, NoiseModel
 from appa_core.obs.obsset import ObsSet
 
 __all__ = [
+    "ADAPTIVE_MAXITER",
     "DPS",
     "MMPS",
     "GuidanceError",
@@ -54,7 +58,12 @@ __all__ = [
     "PosteriorDenoiser",
     "guided_denoiser",
     "observation_time_ranges",
+    "solve_summary",
 ]
+
+
+#: Iteration cap of an adaptive MMPS solve (``MMPS(maxiter=None)``).
+ADAPTIVE_MAXITER = 100
 
 
 class GuidanceError(RuntimeError):
@@ -91,6 +100,29 @@ def _check_finite(v: Tensor, names: dict[str, slice], what: str, where: str) -> 
     raise GuidanceError(f"{where}: {what} is non-finite for operator(s) {bad}")
 
 
+def _predicted_variance(
+    product: Callable[[Tensor], Tensor], like: Tensor, mask: Tensor | None, probes: int | None
+) -> Tensor:
+    r"""Hutchinson estimate :math:`\mathrm{diag}(B) \approx \frac1K \sum_k v_k \odot B v_k` (Rademacher
+    :math:`v_k`, fixed seed), clamped at 0, for ``B = product`` acting on ``[..., M]``; ``probes=None``: the exact
+    diagonal from the ``M`` unit vectors."""
+    if probes is None:
+        diag = torch.zeros_like(like)
+        for i in range(like.shape[-1]):
+            e = torch.zeros_like(like)
+            e[..., i] = 1.0
+            diag[..., i] = product(e)[..., i]
+        return diag.clamp_min(0.0)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    acc = torch.zeros_like(like)
+    for _ in range(max(1, probes)):
+        v = torch.randint(0, 2, like.shape, generator=gen).to(like) * 2 - 1
+        if mask is not None:
+            v = torch.where(mask, v, torch.zeros_like(v))
+        acc = acc + v * product(v)
+    return (acc / max(1, probes)).clamp_min(0.0)
+
+
 def _broadcast_sigma(sigma: Tensor, like: Tensor) -> Tensor:
     sigma = torch.as_tensor(sigma, dtype=like.dtype, device=like.device)
     return sigma.reshape(*sigma.shape, *([1] * (like.ndim - sigma.ndim)))
@@ -102,21 +134,29 @@ class MMPS:
 
     Attributes:
         solver: ``"cg"`` (symmetric operator: exact denoisers) or ``"gmres"`` (robust for learned denoisers).
-        maxiter: iteration cap of the solve.
+        maxiter: iteration cap of the solve; ``None`` (default): adaptive, iterate until ``tol`` is met, up to
+            :data:`ADAPTIVE_MAXITER` iterations (and at most ``M``, where Krylov methods are exact).
         tol: relative tolerance on the scaled residual, or ``None`` for exactly ``maxiter`` iterations (Appa).
         irls: use the noise models' IRLS weights (robust models); Gaussian models have weights 1 anyway.
+        probes: Rademacher probes of the Hutchinson estimate of :math:`\\mathrm{diag}(\\hat A V_t \\hat A^\top)`, the
+            prior's predicted variance of each observation at this noise level, by which robust models'
+            residuals are standardised together with the observation variance (one extra product each, robust
+            models only); ``None``: the exact diagonal, one product per observation (small problems, tests).
     """
 
     solver: str = "gmres"
-    maxiter: int = 16
-    tol: float | None = 1e-4
+    maxiter: int | None = None
+    tol: float | None = 1e-2
     irls: bool = True
+    probes: int | None = 8
 
     def __attrs_post_init__(self) -> None:
         if self.solver not in ("cg", "gmres"):
             raise ValueError(f"MMPS: field 'solver' has value {self.solver!r}; expected 'cg' or 'gmres'")
-        if self.maxiter < 1:
+        if self.maxiter is not None and self.maxiter < 1:
             raise ValueError(f"MMPS: field 'maxiter' has value {self.maxiter}; must be >= 1")
+        if self.maxiter is None and self.tol is None:
+            raise ValueError("MMPS: fields 'maxiter' and 'tol' are both None; give a tolerance or an iteration count")
 
     def guide(
         self,
@@ -159,14 +199,7 @@ class MMPS:
         if mask is not None:
             r = torch.where(mask, r, torch.zeros_like(r))
         _check_finite(r, names, "the residual y - H(E[x|x_t])", where)
-        w = noise.irls_weights(r) if self.irls else torch.ones_like(r)
-        var = noise.variance().to(device=r.device) / w
-        if unit_rows is not None:
-            s2r = (torch.as_tensor(sigma, dtype=f64, device=r.device) ** 2)[..., None]
-            var = var + unit_rows.to(r.device) * (s2r / (1 + s2r))
-        if mask is not None:
-            var = torch.where(mask, var, torch.ones_like(var))
-        dis = var.rsqrt()
+        var0 = noise.variance().to(device=r.device)
 
         def vjp_obs(u: Tensor) -> Tensor:
             return torch.autograd.grad(y_hat, z_hat, u.to(dt), retain_graph=True)[0]
@@ -176,6 +209,20 @@ class MMPS:
 
         def jvp_obs(v: Tensor) -> Tensor:
             return torch.func.jvp(observe, (z_hat.detach(),), (v,))[1]
+
+        w = torch.ones_like(r)
+        if self.irls and not noise.gaussian:
+            # robust models standardise the residual by the full innovation variance R + diag(A V_t A^T), not by R
+            # alone: at large sigma the prior's spread would otherwise make every observation look like an outlier
+            bvar = _predicted_variance(lambda u: jvp_obs(cov_z(vjp_obs(u))).to(f64), r, mask, self.probes)
+            w = noise.irls_weights(r * (var0 / (var0 + bvar)).sqrt())
+        var = var0 / w
+        if unit_rows is not None:
+            s2r = (torch.as_tensor(sigma, dtype=f64, device=r.device) ** 2)[..., None]
+            var = var + unit_rows.to(r.device) * (s2r / (1 + s2r))
+        if mask is not None:
+            var = torch.where(mask, var, torch.ones_like(var))
+        dis = var.rsqrt()
 
         def operator(u_s: Tensor) -> Tensor:
             u = u_s * dis
@@ -188,7 +235,8 @@ class MMPS:
             return out
 
         b = r * dis
-        u_s, info = solve(self.solver, operator, b, tol=self.tol, maxiter=self.maxiter)
+        cap = min(ADAPTIVE_MAXITER, b.shape[-1]) if self.maxiter is None else self.maxiter
+        u_s, info = solve(self.solver, operator, b, tol=self.tol, maxiter=cap)
         u = u_s * dis
         _check_finite(u, names, "the MMPS solve's solution", where)
         g = torch.autograd.grad(y_hat, z_t, u.to(dt))[0]
@@ -386,6 +434,7 @@ class PosteriorDenoiser:
         self.obs, self.known, self.guidance, self.on_failure = obs, known, guidance, on_failure
         self.step: int = 0
         self.failures: list[GuidanceReport] = []
+        self.reports: list[GuidanceReport] = []
         self.calls = 0
         frame_len = len(frame_times)
         self._embed = len(self.starts) > 1 or self.size != frame_len
@@ -497,6 +546,7 @@ class PosteriorDenoiser:
                 out, report = self.guidance.guide(
                     zw, zh, y_hat, self._observe, y, self.noise, sig_wb, mask, self.names, where, self._unit_rows
                 )
+                self.reports.append(report)
                 if not report.converged and self.on_failure != "ignore":
                     if self.on_failure == "raise":
                         raise GuidanceError(_failure_message([report], self.calls, self.guidance))
@@ -517,6 +567,28 @@ def _failure_message(reports: list[GuidanceReport], calls: int, guidance: object
         f"worst at {worst.where}: relative residual {worst.residual:.3g} after {worst.iterations} iterations; "
         f"per-operator relative residuals {{{ops}}}. Raise cg_iters (or use solver='gmres' for learned priors)."
     )
+
+
+def solve_summary(reports: Sequence[GuidanceReport]) -> dict[str, object] | None:
+    """Residuals and iterations of the guided calls (``None`` without guidance): ``calls``, ``max_iterations``,
+    ``mean_iterations``, ``max_residual`` (worst relative residual, scaled units), ``unconverged`` and the
+    worst residual per operator."""
+    if not reports:
+        return None
+    its = [r.iterations for r in reports]
+    res = [r.residual for r in reports if np.isfinite(r.residual)]
+    per_op: dict[str, float] = {}
+    for r in reports:
+        for k, v in r.operator_residuals.items():
+            per_op[k] = max(per_op.get(k, 0.0), float(v))
+    return {
+        "calls": len(reports),
+        "max_iterations": int(max(its)),
+        "mean_iterations": float(np.mean(its)),
+        "max_residual": float(max(res)) if res else float("nan"),
+        "unconverged": sum(not r.converged for r in reports),
+        "operator_residuals": per_op,
+    }
 
 
 def failure_summary(den: PosteriorDenoiser) -> str | None:

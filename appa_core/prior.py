@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -241,8 +241,9 @@ class Prior(DiffusionPrior, nn.Module):
             sd = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
             return {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v for k, v in sd.items()}
 
-        _atomic(out / "autoencoder.safetensors", lambda p: save_file(weights(self.autoencoder), p))
-        _atomic(out / "denoiser.safetensors", lambda p: save_file(weights(self.denoiser), p))
+        meta = {"grid_shape": "x".join(map(str, self.grid.shape)), "latent_shape": "x".join(map(str, self.latent_shape))}
+        _atomic(out / "autoencoder.safetensors", lambda p: save_file(weights(self.autoencoder), p, metadata=meta))
+        _atomic(out / "denoiser.safetensors", lambda p: save_file(weights(self.denoiser), p, metadata=meta))
         _atomic(out / "stats.json", lambda p: self.stats.save(p))
         _atomic(out / "config.json", lambda p: Path(p).write_text(json.dumps(self.config_dict(), indent=1)))
         return out
@@ -290,10 +291,10 @@ class Prior(DiffusionPrior, nn.Module):
             "schedule",
             lambda d: _SCHEDULES[d["name"]](sigma_min=float(d["sigma_min"]), sigma_max=float(d["sigma_max"])),
         )
-        step = section("timestep_hours", lambda h: np.timedelta64(round(float(h) * 3600), "s"))
+        step = section("timestep_hours", _timestep)
         c = ae_cfg.latent_channels
         lat_mean = section("latent_mean", lambda v: _vector(v, c))
-        lat_std = section("latent_std", lambda v: _vector(v, c))
+        lat_std = section("latent_std", lambda v: _positive(_vector(v, c)))
 
         stats_path = root / "stats.json"
         if not stats_path.is_file():
@@ -314,8 +315,9 @@ class Prior(DiffusionPrior, nn.Module):
                 den = LatentDenoiser(den_cfg)
         except ValueError as err:
             raise ValueError(f"Prior.load: file {str(cfg_path)!r} describes an invalid model: {err}") from err
+        shapes = {"grid_shape": "x".join(map(str, grid.shape)), "latent_shape": "x".join(map(str, ae.latent_shape))}
         for name, module in (("autoencoder", ae), ("denoiser", den)):
-            _load_weights(module, root / f"{name}.safetensors", device)
+            _load_weights(module, root / f"{name}.safetensors", device, shapes)
         prior = cls(
             ae,
             den,
@@ -349,6 +351,19 @@ class Prior(DiffusionPrior, nn.Module):
         )
 
 
+def _timestep(hours: object) -> np.timedelta64:
+    h = float(hours)  # type: ignore[arg-type]
+    if not (np.isfinite(h) and h > 0):
+        raise ValueError(f"must be a positive number of hours, got {hours!r}")
+    return np.timedelta64(round(h * 3600), "s")
+
+
+def _positive(t: Tensor) -> Tensor:
+    if not bool((t > 0).all()):
+        raise ValueError(f"every value must be > 0, got {t.tolist()}")
+    return t
+
+
 def _vector(values: object, n: int) -> Tensor:
     t = torch.as_tensor(values, dtype=torch.float32)
     if t.shape != (n,):
@@ -358,9 +373,20 @@ def _vector(values: object, n: int) -> Tensor:
     return t
 
 
-def _load_weights(module: nn.Module, path: Path, device: torch.device | str) -> None:
+def _load_weights(module: nn.Module, path: Path, device: torch.device | str, shapes: dict[str, str]) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"Prior.load: missing file {str(path)!r}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise ValueError(f"Prior.load: file {str(path)!r} is not a valid safetensors file: {err}") from err
+    for key, expected in shapes.items():  # recorded by Prior.save (priors saved before had no metadata)
+        if key in meta and meta[key] != expected:
+            raise ValueError(
+                f"Prior.load: file {str(path)!r} was trained for {key} {meta[key]}, but config.json describes "
+                f"{expected}"
+            )
     try:
         # clone: load_file may memory-map the file, and a checkpoint overwritten on disk must not change (or crash)
         # a prior that is already loaded

@@ -127,9 +127,12 @@ def test_nonfinite_residual_names_the_operator() -> None:
     ops = list(_problem(prior))
     z = ops[1]
     ops[1] = _NaNMean(masks=z.masks, obs=z.obs, noise=z.noise, name="zonal")
-    smp = Sampler(prior, steps=3, sampler="ddim", solver="cg", progress=False)
+    smp = Sampler(prior, steps=3, sampler="ddim", solver="cg", progress=False, qc=None)
     with pytest.raises(GuidanceError, match=r"step 0 \(sigma=1000\): the residual .* operator\(s\) \['zonal'\]"):
         smp.sample(obs=ops, start=T0, length=2, members=2, seed=0)
+    # with quality control (the default) the operator is named before sampling starts
+    with pytest.raises(GuidanceError, match=r"quality control: operator\(s\) \['zonal'\] predict non-finite values"):
+        Sampler(prior, steps=3, progress=False).sample(obs=ops, start=T0, length=2, members=2, seed=0)
 
 
 def test_unconverged_solve_is_reported() -> None:
@@ -164,7 +167,9 @@ def test_dps_pulls_towards_the_observations() -> None:
 
 
 def test_irls_weights_enter_the_solve() -> None:
-    """With a Huber model, MMPS equals Gaussian MMPS whose variances are divided by the IRLS weights."""
+    """With a Huber model, MMPS equals Gaussian MMPS whose variances are divided by the IRLS weights, the weights
+    being those of the residual standardised by the full innovation variance R + diag(H V_t H^T) (exact diagonal,
+    ``probes=None``)."""
     prior = _priors()[0]
     times = window_times(2)
     idx = np.arange(0, 120, 6)
@@ -174,11 +179,16 @@ def test_irls_weights_enter_the_solve() -> None:
     observe = lambda z: obs(prior.decode(z))  # noqa: E731
     z = torch.zeros(1, *prior.state_shape, dtype=F64)
     sig = torch.tensor([0.3], dtype=F64)
-    out = guided_denoiser(lambda z, s: prior.denoise(z, s), observe, obs.values, obs.noise, MMPS("cg", 200, 1e-12))(
-        z, sig
-    )
+    mmps = MMPS("cg", 200, 1e-12, probes=None)
+    out = guided_denoiser(lambda z, s: prior.denoise(z, s), observe, obs.values, obs.noise, mmps)(z, sig)
     r = obs.values - observe(prior.denoise(z, sig).detach())
-    w = obs.noise.irls_weights(r)[0]
+    # exact predicted variance: V_t = Cov[z | z_t] = (C^-1 + I / sigma^2)^-1 in the prior's standardized space
+    s_z = prior.scale.reshape(-1)
+    c_z = prior.dense_cov() / s_z[:, None] / s_z[None, :]
+    v_t = torch.linalg.inv(torch.linalg.inv(c_z) + torch.eye(c_z.shape[0], dtype=F64) / 0.09)
+    h = torch.as_tensor(obs.matrix().toarray()) * s_z[None, :]
+    b = torch.diagonal(h @ v_t @ h.T)
+    w = obs.noise.irls_weights(r * (0.25 / (0.25 + b)).sqrt())[0]
     var = 0.25 / w
     gauss = PointPick(index=idx, obs=y, noise=DiagonalGaussian(var.sqrt().numpy())).prepare(GRID, SPEC, times)
     post = prior.condition(gauss.matrix(), gauss.values, var)

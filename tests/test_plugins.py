@@ -8,6 +8,7 @@ import importlib.metadata
 import json
 import sys
 import textwrap
+import time
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -394,3 +395,31 @@ def test_hook_names_and_pluggy_project() -> None:
     assert sorted(reg.aliases("noise_model")) == sorted(_BUILTIN_NOISE)
     assert [c.full_name for c in reg.components("noise_model")] == [f"appa:{n}" for n in sorted(_BUILTIN_NOISE)]
     assert repr(reg).startswith("Registry(1 plugins: 0 operators, 5 noise models")
+
+
+def test_third_party_entry_point_cannot_replace_a_first_party_one(
+    add_dist: AddDist, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue: a third-party distribution with an entry point named ``stations`` replaced the first-party one
+    (it sorted first) and only ``--strict`` noticed. First-party entry points now load first."""
+    monkeypatch.setattr(registry_module, "FIRST_PARTY_DISTRIBUTIONS", frozenset({"zz-appa-op-stations"}))
+    _good(add_dist, dist="aaa-evil", module="fake_evil", op="evil", ep_name="stations")
+    _good(add_dist, dist="zz-appa-op-stations", module="fake_stations", op="station", ep_name="stations")
+    reg = load_plugins(env={})
+    assert reg.plugins["stations"].distribution == "zz-appa-op-stations"
+    assert reg.names("operator") == ["stations:station"]
+    assert any("entry point 'stations' of aaa-evil is not loaded" in p for p in reg.problems)
+
+
+def test_a_plugin_whose_import_blocks_is_reported_by_name(add_dist: AddDist) -> None:
+    """Issue: a plugin whose import blocked hung ``appa plugins`` and ``appa demo`` forever."""
+    add_dist("appa-fake-slow", "fake_slow", "import time\ntime.sleep(30)\n")
+    _good(add_dist)
+    t0 = time.perf_counter()
+    reg = load_plugins(env={"APPA_PLUGIN_TIMEOUT": "0.5"})
+    assert time.perf_counter() - t0 < 5
+    info = reg.plugins["fake_slow"]
+    assert info.status == "failed" and "did not finish within 0.5 s (APPA_PLUGIN_TIMEOUT)" in str(info.error)
+    assert reg.plugins["fake_good"].ok
+    with pytest.raises(ValueError, match=r"APPA_PLUGIN_TIMEOUT has value 'soon'"):
+        load_plugins(env={"APPA_PLUGIN_TIMEOUT": "soon"})

@@ -215,3 +215,21 @@ def test_bundled_demo_prior_loads_and_reconstructs() -> None:
         rec = prior.decode(prior.encode(truth))
     err = prior.standardize(rec) - prior.standardize(truth)
     assert float(err.square().mean().sqrt()) < 0.5  # standardized RMSE of the demo autoencoder
+
+
+def test_tampered_config_is_refused(saved: tuple[Prior, Path], tmp_path: Path) -> None:
+    """Issue: a config.json with a 46-latitude grid beside 48-latitude weights, timestep_hours = 0, or an all-zero
+    latent std loaded without a word."""
+    _, src = saved
+    cfg = json.loads((src / "config.json").read_text())
+    lat = cfg["grid"]["lat"]
+    cases = {
+        "grid": ({"grid": {**cfg["grid"], "lat": lat[1:-1]}}, r"was trained for grid_shape 16x32, but config.json"),
+        "timestep": ({"timestep_hours": 0}, r"key 'timestep_hours' is invalid: must be a positive number of hours"),
+        "latent_std": ({"latent_std": [0.0] * len(cfg["latent_std"])}, r"key 'latent_std' is invalid: every value"),
+    }
+    for name, (change, message) in cases.items():
+        d = _copy(src, tmp_path / name)
+        (d / "config.json").write_text(json.dumps({**cfg, **change}))
+        with pytest.raises(ValueError, match=message):
+            Prior.load(d)

@@ -154,3 +154,36 @@ def test_cli_trains_from_a_zarr_store(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="TrainConfig: unknown field 'stepz'"):
         cfg.write_text('preset = "tiny"\n[train.autoencoder]\nstepz = 3\n')
         main_train(["autoencoder", *args, "--out", str(tmp_path / "x")])
+
+
+def test_damaged_checkpoints_fall_back_and_nothing_is_lost(tmp_path: Path) -> None:
+    """Issue: a damaged ``checkpoints/latest`` restarted training from step 0 silently, truncated metrics.jsonl to
+    zero lines, and rotation then deleted the still-valid checkpoint; a torn metrics line stopped resume with a
+    bare JSONDecodeError; a truncated checkpoint gave a SafetensorError naming no file."""
+    from appa_core.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+
+    data = _data()
+    run = tmp_path / "run"
+    train_autoencoder(_cfg(steps=30), data, run, progress=False, stop_after=20)  # checkpoints at 10 and 20
+    ckpts = run / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("step_*")) == ["step_00000010", "step_00000020"]
+    model = ckpts / "step_00000020" / "model.safetensors"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])  # truncated
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 21, "loss": 0.1')  # torn by a kill
+    with pytest.warns(RuntimeWarning, match=r"resuming from .*step_00000010'; skipped file .*step_00000020.*model"):
+        assert latest_checkpoint(ckpts) == ckpts / "step_00000010"
+    with pytest.raises(ValueError, match=r"load_checkpoint: file .*step_00000020/model.safetensors' is not a valid"):
+        load_checkpoint(ckpts / "step_00000020", torch.nn.Linear(1, 1), None, None, torch.device("cpu"))  # type: ignore[arg-type]
+    with pytest.warns(RuntimeWarning):
+        train_autoencoder(_cfg(steps=30), data, run, progress=False)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["step"] for ln in lines] == list(range(1, 31))  # resumed at 10, not 0
+    superseded = (run / "metrics.superseded.jsonl").read_text()
+    assert '{"step": 21, "loss": 0.1' in superseded and superseded.count("\n") == 11  # 11..20 and the torn line
+    # rotation kept valid checkpoints; the damaged one is left for inspection
+    assert (ckpts / "step_00000030").is_dir() and (ckpts / "step_00000020").is_dir()
+    for p in ckpts.glob("step_*"):
+        (p / "state.json").write_text("{")
+    with pytest.raises(CheckpointError, match=r"no valid checkpoint in .*state.json' is not valid JSON"):
+        train_autoencoder(_cfg(steps=40), data, run, progress=False)

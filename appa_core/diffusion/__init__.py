@@ -6,6 +6,7 @@ from appa_core.diffusion.precondition import edm_coefficients, edm_loss_weight
 from appa_core.diffusion.samplers import (
     DDIMSampler,
     DiffusionSampler,
+    HeunSampler,
     LMSSampler,
     PCSampler,
     adams_bashforth_coefficients,
@@ -20,6 +21,7 @@ __all__ = [
     "DDIMSampler",
     "DiffusionPrior",
     "DiffusionSampler",
+    "HeunSampler",
     "LMSSampler",
     "LogLinearSchedule",
     "PCSampler",

@@ -13,6 +13,16 @@ The final state still carries noise :math:`\sigma_{min}` (1e-3 by default), as i
   :math:`\sigma_t`, :math:`x \leftarrow x + \delta(\hat x - x) + \sqrt{2\delta}\,\sigma_t\,\xi` (the unadjusted
   Langevin step of size :math:`\delta\sigma_t^2` on :math:`\log p_t`), then a DDIM (``eta=0``) predictor. Appa's
   configuration for reanalysis and forecasting: 2 corrections, ``delta=0.1`` (3 denoiser calls per step).
+* :class:`HeunSampler` (``churn``): Heun's method (Karras et al., 2022) written on the denoised estimate in the
+  exponential-integrator form of DPM-Solver-2 (Lu et al., 2022): a DDIM predictor
+  :math:`\tilde x = \hat x_1 + (\sigma_s/\sigma_t)(x - \hat x_1)`, :math:`\hat x_1 = d(x, \sigma_t)`, then the
+  same step with the trapezoidal average :math:`\bar x = (\hat x_1 + d(\tilde x, \sigma_s))/2`:
+  :math:`x_s = \bar x + (\sigma_s/\sigma_t)(x - \bar x)` (2 denoiser calls per step, second order). Unlike Heun's
+  method on :math:`\hat\epsilon` in :math:`\sigma`, it stays exact in the first step from :math:`\sigma_{max} = 10^3`,
+  where :math:`\hat\epsilon` changes by orders of magnitude (measured on a Gaussian problem: ensemble variance 1.47x
+  the exact one with 16 steps for Heun on :math:`\hat\epsilon`, 0.98x for this form). With ``churn > 0`` each step
+  first raises the noise to :math:`\hat\sigma = \sigma_t(1 + \gamma)`, :math:`\gamma = \min(\mathrm{churn}/N,
+  \sqrt 2 - 1)`, with fresh noise of std :math:`\sqrt{\hat\sigma^2 - \sigma_t^2}` (EDM's stochastic sampler).
 * :class:`LMSSampler` (``order``): linear multi-step (Adams-Bashforth) on the ODE in :math:`\sigma`,
   :math:`x_{i+1} = x_i + \sum_j c_{ij}\,\hat\epsilon_{i-j}` with :math:`c_{ij} = \int_{\sigma_i}^{\sigma_{i+1}}
   \ell_j(\sigma)\,\mathrm{d}\sigma` the exact integrals of the Lagrange basis polynomials through the last
@@ -38,6 +48,7 @@ from appa_core.diffusion.schedule import Schedule
 __all__ = [
     "DDIMSampler",
     "DiffusionSampler",
+    "HeunSampler",
     "LMSSampler",
     "PCSampler",
     "adams_bashforth_coefficients",
@@ -186,6 +197,43 @@ class PCSampler(DiffusionSampler):
 
 
 @attrs.frozen
+class HeunSampler(DiffusionSampler):
+    """EDM's Heun sampler, deterministic (``churn = 0``) or stochastic. See the module docstring."""
+
+    churn: float = 0.0
+
+    def __attrs_post_init__(self) -> None:
+        if not self.churn >= 0:
+            raise ValueError(f"HeunSampler: field 'churn' has value {self.churn}; must be >= 0")
+
+    @property
+    def calls_per_step(self) -> int:
+        return 2
+
+    def __call__(self, denoiser, x, sigmas, generator=None, callback=None):  # type: ignore[no-untyped-def]
+        sig = [float(s) for s in sigmas]
+        n = len(sig) - 1
+        gamma = min(self.churn / max(n, 1), np.sqrt(2.0) - 1.0)
+        for i in range(n):
+            st, ss = sig[i], sig[i + 1]
+            if callback is not None:
+                callback(i, st, ss)
+            if gamma > 0:
+                s_hat = st * (1.0 + gamma)
+                x = x + np.sqrt(s_hat**2 - st**2) * _randn(x.shape, x, generator)
+                st = s_hat
+            x_hat = denoiser(x, _sig(st, x))
+            ratio = ss / st
+            x_pred = x_hat + ratio * (x - x_hat)
+            if ss <= 0:
+                x = x_pred
+                continue
+            x_bar = 0.5 * (x_hat + denoiser(x_pred, _sig(ss, x)))
+            x = x_bar + ratio * (x - x_bar)
+        return x
+
+
+@attrs.frozen
 class LMSSampler(DiffusionSampler):
     """Adams-Bashforth of order ``order`` on the probability-flow ODE in sigma. See the module docstring."""
 
@@ -216,8 +264,13 @@ class LMSSampler(DiffusionSampler):
 
 
 def make_sampler(name: str, **kwargs: float) -> DiffusionSampler:
-    """``"ddim"`` (``eta``), ``"pc"`` (``corrections``, ``delta``) or ``"lms"`` (``order``)."""
-    table: dict[str, type[DiffusionSampler]] = {"ddim": DDIMSampler, "pc": PCSampler, "lms": LMSSampler}
+    """``"heun"`` (``churn``), ``"ddim"`` (``eta``), ``"pc"`` (``corrections``, ``delta``) or ``"lms"`` (``order``)."""
+    table: dict[str, type[DiffusionSampler]] = {
+        "heun": HeunSampler,
+        "ddim": DDIMSampler,
+        "pc": PCSampler,
+        "lms": LMSSampler,
+    }
     if name not in table:
         raise ValueError(f"make_sampler: field 'sampler' has value {name!r}; expected one of {sorted(table)}")
     fields = {f.name for f in attrs.fields(table[name])}

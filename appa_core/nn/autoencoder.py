@@ -20,6 +20,14 @@ conv for downsampling and conv + pixel-shuffle for upsampling, no attention, and
   half a column off otherwise (1440 columns with ``f = 32`` gives 45 latent columns).
   For grids whose height is not a multiple of ``f`` (e.g. 721 rows at 0.25 deg), the input is first zero-padded in
   latitude to the next multiple (as Appa does, 721 -> 736) and cropped after decoding.
+
+**Static fields.** With ``static_channels = S > 0`` the autoencoder holds a buffer ``static [S, H, W]`` of fields
+that do not change in time (:func:`static_features`: the position on the sphere as the unit vector
+:math:`(\cos\phi\cos\lambda, \cos\phi\sin\lambda, \sin\phi)`, orography in km and the land-sea mask) and
+gives them to both halves: concatenated to the encoder's input, and to the decoder at the latent resolution
+(area means over ``f x f`` cells) and again at full resolution before its output convolution. The latent therefore
+spends no capacity on what is known everywhere and always (Appa conditions its autoencoder the same way). The
+buffer is saved with the weights (``autoencoder.safetensors``), so a prior directory stays self-contained.
 """
 
 from __future__ import annotations
@@ -27,11 +35,15 @@ from __future__ import annotations
 import math
 
 import attrs
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Autoencoder", "AutoencoderConfig", "SpherePad", "autoencoder_loss"]
+__all__ = ["STATIC_FEATURES", "Autoencoder", "AutoencoderConfig", "SpherePad", "autoencoder_loss", "static_features"]
+
+#: Names of the rows of :func:`static_features` (orography and land-sea mask only when given).
+STATIC_FEATURES = ("position_x", "position_y", "position_z", "orography_km", "land_sea_mask")
 
 
 def _tuple_int(values: object) -> tuple[int, ...]:
@@ -50,7 +62,12 @@ class AutoencoderConfig:
             (finest first).
         saturation: soft-clip bound of the latent (``None`` = no clipping).
         sigma_z: std of the Gaussian noise added to the latent before decoding during training (Appa's sigma_z).
-        pad_to: latitude rows after initial zero padding (``None`` = next multiple of the downsampling factor).
+        static_channels: number of static input fields ``S`` (0: none; 5 for :func:`static_features` with
+            orography and land-sea mask).
+        decoder_channels, decoder_blocks: widths and residual blocks of the decoder's levels (finest first, same
+            number of levels as ``channels``); ``None``: the encoder's. A lighter decoder than encoder costs nothing
+            in accuracy of the encoder and makes guided sampling cheaper: every solver iteration differentiates the
+            decoder (one JVP and one VJP), never the encoder.
     """
 
     in_channels: int
@@ -61,6 +78,13 @@ class AutoencoderConfig:
     )
     saturation: float | None = 5.0
     sigma_z: float = 0.0
+    static_channels: int = 0
+    decoder_channels: tuple[int, ...] | None = attrs.field(
+        default=None, converter=lambda v: None if v is None else _tuple_int(v)
+    )
+    decoder_blocks: int | tuple[int, ...] | None = attrs.field(
+        default=None, converter=lambda v: v if v is None or isinstance(v, int) else _tuple_int(v)
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.in_channels < 1 or self.latent_channels < 1:
@@ -68,6 +92,8 @@ class AutoencoderConfig:
                 f"AutoencoderConfig: fields 'in_channels' and 'latent_channels' must be >= 1, got "
                 f"{self.in_channels} and {self.latent_channels}"
             )
+        if self.static_channels < 0:
+            raise ValueError(f"AutoencoderConfig: field 'static_channels' must be >= 0, got {self.static_channels}")
         if not self.channels or min(self.channels) < 1:
             raise ValueError(f"AutoencoderConfig: field 'channels' must be positive widths, got {self.channels}")
         if min(self.level_blocks) < 0 or len(self.level_blocks) != len(self.channels):
@@ -76,10 +102,34 @@ class AutoencoderConfig:
                 f"of {self.channels}"
             )
 
+        dec_ch = self.decoder_widths
+        if len(dec_ch) != len(self.channels) or min(dec_ch) < 1:
+            raise ValueError(
+                f"AutoencoderConfig: field 'decoder_channels' has value {self.decoder_channels}; need positive "
+                f"widths, one per level of {self.channels}"
+            )
+        dec_b = self.decoder_level_blocks
+        if len(dec_b) != len(self.channels) or min(dec_b) < 0:
+            raise ValueError(
+                f"AutoencoderConfig: field 'decoder_blocks' has value {self.decoder_blocks}; need non-negative "
+                f"counts, one per level of {self.channels}"
+            )
+
     @property
     def level_blocks(self) -> tuple[int, ...]:
-        """Residual blocks per level, finest first."""
+        """Residual blocks per level of the encoder, finest first."""
         b = self.blocks
+        return (b,) * len(self.channels) if isinstance(b, int) else b
+
+    @property
+    def decoder_widths(self) -> tuple[int, ...]:
+        """Widths of the decoder's levels, finest first."""
+        return self.channels if self.decoder_channels is None else self.decoder_channels
+
+    @property
+    def decoder_level_blocks(self) -> tuple[int, ...]:
+        """Residual blocks per level of the decoder, finest first."""
+        b = self.blocks if self.decoder_blocks is None else self.decoder_blocks
         return (b,) * len(self.channels) if isinstance(b, int) else b
 
     @property
@@ -100,6 +150,38 @@ class AutoencoderConfig:
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> AutoencoderConfig:
         return cls(**data)  # type: ignore[arg-type]
+
+
+def static_features(grid: object, orography: object = None, land_sea_mask: object = None) -> Tensor:
+    """Static input fields ``[S, H, W]`` float32 for an autoencoder with ``static_channels = S``.
+
+    Rows: the unit vector of each cell centre (``position_x/y/z``, smooth and periodic on the sphere, unlike raw
+    latitude/longitude), then, when given, the orography in km (surface geopotential ``[H, W]`` in m**2 s**-2
+    divided by ``g * 1000``) and the land-sea mask ``[H, W]`` (fraction 0-1). Names: :data:`STATIC_FEATURES`.
+
+    Args:
+        grid: a :class:`~appa_core.grid.Grid` (latitudes and longitudes in degrees).
+        orography: surface geopotential ``[H, W]`` (m**2 s**-2) or ``None``.
+        land_sea_mask: land fraction ``[H, W]`` or ``None``.
+    """
+    lat = torch.as_tensor(np.array(grid.lat, dtype=np.float64))  # type: ignore[attr-defined]
+    lon = torch.as_tensor(np.array(grid.lon, dtype=np.float64))  # type: ignore[attr-defined]
+    phi, lam = torch.deg2rad(lat)[:, None], torch.deg2rad(lon)[None, :]
+    rows = [torch.cos(phi) * torch.cos(lam), torch.cos(phi) * torch.sin(lam), torch.sin(phi).expand(-1, lam.shape[1])]
+    shape = (lat.numel(), lon.numel())
+    for name, field, scale in (
+        ("orography", orography, 1.0 / (9.80665 * 1000.0)),
+        ("land_sea_mask", land_sea_mask, 1.0),
+    ):
+        if field is None:
+            continue
+        f = torch.as_tensor(np.array(field, dtype=np.float64))
+        if tuple(f.shape) != shape:
+            raise ValueError(f"static_features: field {name!r} has shape {list(f.shape)}, the grid is {list(shape)}")
+        if not torch.isfinite(f).all():
+            raise ValueError(f"static_features: field {name!r} has non-finite values")
+        rows.append(f * scale)
+    return torch.stack([r.expand(shape) for r in rows]).float()
 
 
 class SpherePad(nn.Module):
@@ -178,9 +260,11 @@ class Autoencoder(nn.Module):
 
     ``encode``: standardized state ``[N, C, H, W]`` -> latent ``[N, c, h, w]``;
     ``decode``: latent -> standardized state ``[N, C, H, W]`` (``H`` restored by cropping).
+    ``static``: ``[S, H, W]`` static fields (:func:`static_features`) when ``config.static_channels > 0``; zeros
+    until given or loaded with the weights.
     """
 
-    def __init__(self, config: AutoencoderConfig, height: int, width: int) -> None:
+    def __init__(self, config: AutoencoderConfig, height: int, width: int, static: Tensor | None = None) -> None:
         super().__init__()
         self.config = config
         self.height, self.width = height, width
@@ -189,19 +273,34 @@ class Autoencoder(nn.Module):
         f = config.factor
         self.pad_rows = h * f - height
         ch = config.channels
-        enc: list[nn.Module] = [_Conv(config.in_channels, ch[0])]
+        s_ch = config.static_channels
+        if s_ch:
+            buf = torch.zeros(s_ch, height, width) if static is None else torch.as_tensor(static).float().clone()
+            if tuple(buf.shape) != (s_ch, height, width):
+                raise ValueError(
+                    f"Autoencoder: field 'static' has shape {list(buf.shape)}, expected [{s_ch}, {height}, {width}]"
+                )
+            self.register_buffer("static", buf)
+        elif static is not None:
+            raise ValueError("Autoencoder: field 'static' given but config.static_channels is 0")
+        enc: list[nn.Module] = [_Conv(config.in_channels + s_ch, ch[0])]
         for i, ci in enumerate(ch):
             enc += [_ResBlock(ci) for _ in range(config.level_blocks[i])]
             if i + 1 < len(ch):
                 enc.append(_Down(ci, ch[i + 1]))
         enc += [_ChannelNorm(), _Conv(ch[-1], config.latent_channels)]
         self.encoder = nn.Sequential(*enc)
-        dec: list[nn.Module] = [_Conv(config.latent_channels, ch[-1])]
+        ch = config.decoder_widths
+        dec: list[nn.Module] = [_Conv(config.latent_channels + s_ch, ch[-1])]
         for i in range(len(ch) - 1, -1, -1):
-            dec += [_ResBlock(ch[i]) for _ in range(config.level_blocks[i])]
+            dec += [_ResBlock(ch[i]) for _ in range(config.decoder_level_blocks[i])]
             if i > 0:
                 dec.append(_Up(ch[i], ch[i - 1]))
-        dec += [_ChannelNorm(), _Conv(ch[0], config.in_channels)]
+        dec.append(_ChannelNorm())
+        if s_ch:  # the output convolution also sees the static fields at full resolution
+            self.decoder_out = _Conv(ch[0] + s_ch, config.in_channels)
+        else:  # one Sequential, as in priors saved before static fields existed
+            dec.append(_Conv(ch[0], config.in_channels))
         self.decoder = nn.Sequential(*dec)
 
     def _saturate(self, z: Tensor) -> Tensor:
@@ -215,10 +314,22 @@ class Autoencoder(nn.Module):
                 f"Autoencoder.encode: expected [N, {self.config.in_channels}, {self.height}, {self.width}], "
                 f"got {list(x.shape)}"
             )
+        if self.config.static_channels:
+            x = torch.cat([x, self.static.to(x.dtype).expand(x.shape[0], -1, -1, -1)], dim=1)
+        x = self._pad(x)
+        return self._saturate(self.encoder(x))
+
+    def _pad(self, x: Tensor) -> Tensor:
         if self.pad_rows:
             top = self.pad_rows // 2
             x = F.pad(x, (0, 0, top, self.pad_rows - top))
-        return self._saturate(self.encoder(x))
+        return x
+
+    def _static_at(self, n: int, dtype: torch.dtype, coarse: bool) -> Tensor:
+        s = self._pad(self.static.to(dtype)[None])
+        if coarse:
+            s = F.avg_pool2d(s, self.config.factor)
+        return s.expand(n, -1, -1, -1)
 
     def decode(self, z: Tensor, noise: bool = False, generator: torch.Generator | None = None) -> Tensor:
         """``[N, c, h, w]`` -> ``[N, C, H, W]``; ``noise=True`` adds ``sigma_z`` Gaussian noise to ``z`` first."""
@@ -229,7 +340,12 @@ class Autoencoder(nn.Module):
         if noise and self.config.sigma_z > 0:
             eps = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
             z = z + self.config.sigma_z * eps
-        x = self.decoder(z)
+        if self.config.static_channels:
+            z = torch.cat([z, self._static_at(z.shape[0], z.dtype, coarse=True)], dim=1)
+            h = self.decoder(z)
+            x = self.decoder_out(torch.cat([h, self._static_at(z.shape[0], h.dtype, coarse=False)], dim=1))
+        else:
+            x = self.decoder(z)
         if self.pad_rows:
             top = self.pad_rows // 2
             x = x[..., top : top + self.height, :]

@@ -82,14 +82,24 @@ PRESETS: dict[str, Preset] = {
         name="demo",
         grid=(48, 96, False),
         spec=_DEMO_SPEC,
+        # latent cell 7.5 deg (twice the state cell, as in Appa's spirit), 24 channels (4x compression), static
+        # fields (position, orography, land-sea mask) given to the encoder and the decoder; the decoder is lighter
+        # than the encoder because guided sampling differentiates it at every solver iteration
         autoencoder=AutoencoderConfig(
-            in_channels=24, latent_channels=8, channels=(16, 32, 64), blocks=(0, 1, 1), sigma_z=0.01
+            in_channels=24,
+            latent_channels=24,
+            channels=(48, 96),
+            blocks=(1, 2),
+            decoder_channels=(32, 96),
+            decoder_blocks=(0, 1),
+            sigma_z=0.01,
+            static_channels=5,
         ),
         denoiser={
             "window": 8,
-            "patch": 2,
-            "width": 96,
-            "depth": 4,
+            "patch": 4,
+            "width": 128,
+            "depth": 6,
             "heads": 4,
             "mlp_ratio": 2.0,
             "lon_frequencies": 6,
@@ -156,7 +166,7 @@ def count_parameters(preset: Preset | str) -> dict[str, int]:
     out = {
         "autoencoder": _count(ae),
         "encoder": _count(ae.encoder),
-        "decoder": _count(ae.decoder),
+        "decoder": _count(ae.decoder) + (_count(ae.decoder_out) if hasattr(ae, "decoder_out") else 0),
         "denoiser": _count(den),
     }
     out["total"] = out["autoencoder"] + out["denoiser"]

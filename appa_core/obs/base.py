@@ -120,6 +120,18 @@ class ObsOperator(abc.ABC):
         """Per-observation arrays (``[M]`` each) for diagnostics: location, time, variable, ..."""
         return {}
 
+    def bounds(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Physically plausible ``(low, high)`` per observation ``[M]`` each, in the observed units, for quality
+        control (NaN: no bound); ``None``: unknown.
+
+        The default reads :meth:`metadata`: a ``"variable"`` array (ERA5 names) with ``"level"`` or ``"pressure"``
+        in hPa, or ``"channel"`` names such as ``"temperature@850"``, and looks them up in
+        :data:`appa_core.obs.qc.PLAUSIBLE_RANGES`. Families observing other quantities (radiances) override it.
+        """
+        from appa_core.obs.qc import rows_bounds
+
+        return rows_bounds(self.metadata(), self.size)
+
     # ------------------------------------------------------------------ provided
     @property
     def prepared(self) -> bool:

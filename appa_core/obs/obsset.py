@@ -37,12 +37,16 @@ class ObsSet:
         for i, op in enumerate(ops):
             if not isinstance(op, ObsOperator):
                 raise TypeError(f"ObsSet: operator {i} is a {type(op).__name__}, not an ObsOperator")
-        seen: dict[str, int] = {}
-        names = []
-        for op in ops:
-            base = str(op.name)
-            seen[base] = seen.get(base, 0) + 1
-            names.append(base if seen[base] == 1 else f"{base}#{seen[base]}")
+        names: list[str] = []
+        taken: set[str] = set()
+        for op in ops:  # duplicates get "#2", "#3"..., skipping names that are taken (e.g. "st", "st", "st#2")
+            base = name = str(op.name)
+            k = 1
+            while name in taken:
+                k += 1
+                name = f"{base}#{k}"
+            taken.add(name)
+            names.append(name)
         self.operators: list[ObsOperator] = ops
         self.names: list[str] = names
         self.noise = BlockDiagonal([op.noise for op in ops])  # type: ignore[misc]

@@ -19,7 +19,13 @@ Environment (read by :func:`load_plugins` / :meth:`Registry.load_entry_points`):
 
 * ``APPA_PLUGINS=a,b``: load only these entry points (by entry-point or distribution name);
 * ``APPA_DISABLE_PLUGINS=a,b``: do not load these;
-* ``APPA_PLUGINS_AUTOLOAD=0``: load no entry point at all (built-ins and in-process plugins still work).
+* ``APPA_PLUGINS_AUTOLOAD=0``: load no entry point at all (built-ins and in-process plugins still work);
+* ``APPA_PLUGIN_TIMEOUT=S``: seconds an entry point's import may take (default 20); a plugin whose import blocks
+  longer is reported as failed, by name, and the others load (the import goes on in a daemon thread).
+
+Precedence. Entry points of first-party distributions are loaded before any other, so a third-party distribution
+that declares an entry point with a first-party name (``stations``) cannot replace it: it is not loaded, and the clash
+is recorded in :attr:`Registry.problems` and logged as a warning.
 
 Plugins skipped by these switches are listed with status ``disabled`` and the reason.
 """
@@ -31,6 +37,7 @@ import importlib.metadata
 import logging
 import os
 import re
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
@@ -49,6 +56,7 @@ __all__ = [
     "Component",
     "PluginError",
     "PluginInfo",
+    "PluginTimeoutError",
     "Registry",
     "UnknownComponentError",
     "get_registry",
@@ -423,6 +431,7 @@ class Registry:
             s.strip() for s in (env.get("APPA_DISABLE_PLUGINS", "").split(",") if disable is None else disable)
         }
         disable_set.discard("")
+        timeout = _timeout(env)
         found: set[str] = set()
         for ep in _entry_points():
             dist, version = _distribution(ep)
@@ -451,7 +460,7 @@ class Registry:
                 continue
             t0 = time.perf_counter()
             try:
-                obj = ep.load()
+                obj = _load_with_timeout(ep, timeout)
             except (Exception, SystemExit) as exc:
                 self.plugins[ep.name] = info
                 self._fail(info, "import", exc)
@@ -567,14 +576,52 @@ def _first_party(dist: str | None) -> bool:
 
 
 def _entry_points() -> list[importlib.metadata.EntryPoint]:
-    """Entry points of :data:`ENTRY_POINT_GROUP`, without exact duplicates (a distribution seen twice on the path)."""
+    """Entry points of :data:`ENTRY_POINT_GROUP`, without exact duplicates (a distribution seen twice on the path),
+    first-party distributions first (see "Precedence" in the module docstring)."""
     seen: set[tuple[str, str]] = set()
     out = []
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         if (ep.name, ep.value) not in seen:
             seen.add((ep.name, ep.value))
             out.append(ep)
-    return out
+    return sorted(out, key=lambda ep: not _first_party(_distribution(ep)[0]))  # stable: otherwise path order
+
+
+class PluginTimeoutError(TimeoutError):
+    """An entry point's import did not finish within ``APPA_PLUGIN_TIMEOUT`` seconds."""
+
+
+def _timeout(env: Mapping[str, str]) -> float:
+    raw = env.get("APPA_PLUGIN_TIMEOUT", "").strip()
+    if not raw:
+        return 20.0
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"APPA_PLUGIN_TIMEOUT has value {raw!r}; expected seconds, e.g. 20") from None
+    if not value > 0:
+        raise ValueError(f"APPA_PLUGIN_TIMEOUT has value {raw!r}; must be > 0")
+    return value
+
+
+def _load_with_timeout(ep: importlib.metadata.EntryPoint, seconds: float) -> Any:
+    """``ep.load()`` in a daemon thread, so that a plugin whose import blocks cannot hang the host."""
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["value"] = ep.load()
+        except BaseException as exc:  # re-raised in the caller's thread
+            result["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"appa-plugin-import-{ep.name}", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise PluginTimeoutError(f"import of {ep.value!r} did not finish within {seconds:g} s (APPA_PLUGIN_TIMEOUT)")
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
 
 
 def _distribution(ep: importlib.metadata.EntryPoint) -> tuple[str | None, str | None]:

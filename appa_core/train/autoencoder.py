@@ -22,14 +22,20 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from appa_core.grid import Grid
-from appa_core.nn.autoencoder import Autoencoder, AutoencoderConfig, autoencoder_loss, level_weights
+from appa_core.nn.autoencoder import (
+    Autoencoder,
+    AutoencoderConfig,
+    autoencoder_loss,
+    level_weights,
+    static_features,
+)
 from appa_core.nn.presets import get_preset
 from appa_core.spec import StateSpec
 from appa_core.train.config import RunConfig, load_config
 from appa_core.train.data import StateData, load_splits, sample_generator
 from appa_core.train.loop import init_distributed, run_training
 
-__all__ = ["load_autoencoder_run", "make_stats", "reconstruction_rmse", "train_autoencoder"]
+__all__ = ["load_autoencoder_run", "make_stats", "reconstruction_rmse", "train_autoencoder", "training_statics"]
 
 
 def make_stats(data: StateData) -> Any:
@@ -79,6 +85,27 @@ def reconstruction_rmse(ae: Autoencoder, data: StateData, stats: Any, batch: int
     }
 
 
+def training_statics(data: StateData, config: AutoencoderConfig) -> Tensor | None:
+    """The static input fields ``[S, H, W]`` of an autoencoder with ``config.static_channels = S`` on ``data``:
+    position features, plus orography and land-sea mask from the store (``S = 5`` needs both)."""
+    s = config.static_channels
+    if s == 0:
+        return None
+    oro, lsm = data.statics.get("geopotential_at_surface"), data.statics.get("land_sea_mask")
+    if s == 5 and (oro is None or lsm is None):
+        missing = [n for n, v in (("geopotential_at_surface", oro), ("land_sea_mask", lsm)) if v is None]
+        raise ValueError(
+            f"train_autoencoder: static_channels = 5 needs the static field {missing[0]!r}, which the training "
+            "store does not have"
+        )
+    if s not in (3, 5):
+        raise ValueError(
+            f"train_autoencoder: field 'static_channels' has value {s}; expected 0, 3 (position) or 5 (position, "
+            "orography, land-sea mask)"
+        )
+    return static_features(data.grid, oro if s == 5 else None, lsm if s == 5 else None)
+
+
 def _ae_config(run: RunConfig, spec: StateSpec) -> AutoencoderConfig:
     base = get_preset(run.preset).autoencoder
     return attrs.evolve(base, in_channels=spec.n_channels, **run.autoencoder)
@@ -120,7 +147,7 @@ def train_autoencoder(
     cfg = run.train_autoencoder
     ae_cfg = _ae_config(run, spec)
     torch.manual_seed(cfg.seed)
-    ae = Autoencoder(ae_cfg, *train.grid.shape).to(info.device)
+    ae = Autoencoder(ae_cfg, *train.grid.shape, static=training_statics(train, ae_cfg)).to(info.device)
     lat_w = train.grid.area_weights_tensor(device=info.device)
     ch_w = level_weights(spec).to(info.device) if cfg.level_weighting else None
     x_std = _standardize(train.x, stats)  # standardized once, [N, C, H, W]

@@ -10,7 +10,12 @@ A checkpoint is a directory ``checkpoints/step_XXXXXXXX/`` holding
 
 It is written into a temporary sibling directory and renamed into place (``os.rename`` is atomic on POSIX), then
 the ``checkpoints/latest`` pointer is replaced atomically (``os.replace``). A kill at any moment leaves either
-the previous or the new checkpoint, never a half-written one. Older checkpoints beyond ``keep`` are removed.
+the previous or the new checkpoint, never a half-written one. Older checkpoints beyond ``keep`` are removed, counting
+only valid ones, so rotation never deletes the last valid checkpoint behind a damaged one.
+
+Damage from outside (a disk error, a copy cut short, a hand edit) is detected on resume: :func:`latest_checkpoint`
+validates the checkpoint ``latest`` points at and falls back to the newest valid one, with a warning that names
+what it skipped and why; :func:`load_checkpoint` names the file in every error.
 """
 
 from __future__ import annotations
@@ -19,15 +24,52 @@ import json
 import os
 import random
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-__all__ = ["latest_checkpoint", "load_checkpoint", "save_checkpoint"]
+__all__ = ["CheckpointError", "checkpoint_problem", "latest_checkpoint", "load_checkpoint", "save_checkpoint"]
+
+
+class CheckpointError(RuntimeError):
+    """Checkpoints exist but none of them is valid (resuming would silently start over)."""
+
+
+def _load_tensors(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path), device=device)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise ValueError(f"load_checkpoint: file {str(path)!r} is not a valid safetensors file: {err}") from err
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    file = path / "state.json"
+    try:
+        state = json.loads(file.read_text())
+    except FileNotFoundError as err:
+        raise ValueError(f"load_checkpoint: file {str(file)!r} is missing") from err
+    except (OSError, ValueError) as err:
+        raise ValueError(f"load_checkpoint: file {str(file)!r} is not valid JSON: {err}") from err
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise ValueError(f"load_checkpoint: file {str(file)!r} has no integer 'step'")
+    return state
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why the checkpoint directory ``path`` cannot be resumed from (``None``: it is valid)."""
+    try:
+        _read_state(path)
+        for name in ("model.safetensors", "optimizer.safetensors"):
+            _load_tensors(path / name)
+    except ValueError as err:
+        return str(err).removeprefix("load_checkpoint: ")
+    return None
 
 
 def _jsonable(value: Any) -> bool:
@@ -88,18 +130,49 @@ def save_checkpoint(
     pointer.write_text(final.name)
     os.replace(pointer, root / "latest")
     old = sorted(p for p in root.glob("step_*") if p.is_dir() and p.name != final.name)
-    for p in old[: max(0, len(old) - (keep - 1))]:
+    valid = [p for p in old if checkpoint_problem(p) is None]  # damaged ones are left for the user to inspect
+    for p in valid[: max(0, len(valid) - (keep - 1))]:
         shutil.rmtree(p, ignore_errors=True)
     return final
 
 
 def latest_checkpoint(root: Path) -> Path | None:
-    """The checkpoint ``root/latest`` points at, or ``None``."""
+    """The newest valid checkpoint: the one ``root/latest`` points at if it is valid, else the valid ``step_*``
+    directory with the highest step (a ``RuntimeWarning`` names what was skipped and why); ``None`` when ``root``
+    holds no checkpoint at all.
+
+    Raises:
+        CheckpointError: checkpoints exist but none is valid.
+    """
+    candidates: list[Path] = []
     pointer = root / "latest"
-    if not pointer.is_file():
+    if pointer.is_file():
+        try:
+            target = pointer.read_text().strip()
+        except (OSError, UnicodeDecodeError):
+            target = ""
+        if target and "/" not in target and target not in (".", ".."):
+            candidates.append(root / target)
+    steps = sorted((p for p in root.glob("step_*") if p.is_dir()), reverse=True)
+    candidates += [p for p in steps if p not in candidates]
+    if not candidates and not pointer.exists():
         return None
-    path = root / pointer.read_text().strip()
-    return path if (path / "state.json").is_file() else None
+    skipped = []
+    for path in candidates:
+        problem = checkpoint_problem(path) if path.is_dir() else f"{str(path)!r} does not exist"
+        if problem is None:
+            if skipped:
+                warnings.warn(
+                    f"latest_checkpoint: resuming from {str(path)!r}; skipped " + "; ".join(skipped),
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            return path
+        skipped.append(problem)
+    raise CheckpointError(
+        f"latest_checkpoint: no valid checkpoint in {str(root)!r} ({'; '.join(skipped) or 'latest points nowhere'}); "
+        "fix or remove them, or start over with --no-resume"
+    )
 
 
 def load_checkpoint(
@@ -110,13 +183,13 @@ def load_checkpoint(
     device: torch.device,
 ) -> dict[str, Any]:
     """Restore model, optimizer, scheduler and RNG states from ``path``; returns ``state.json``."""
-    state = json.loads((path / "state.json").read_text())
-    weights = load_file(str(path / "model.safetensors"), device=str(device))
+    state = _read_state(path)
+    weights = _load_tensors(path / "model.safetensors", device=str(device))
     missing = sorted(set(model.state_dict()) - set(weights))
     if missing:
         raise ValueError(f"load_checkpoint: file {str(path / 'model.safetensors')!r} has no key {missing[0]!r}")
     model.load_state_dict(weights)
-    tensors = load_file(str(path / "optimizer.safetensors"))
+    tensors = _load_tensors(path / "optimizer.safetensors")
     opt_state: dict[int, dict[str, Any]] = {}
     for key, val in tensors.items():
         if key.startswith("state."):

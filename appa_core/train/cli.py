@@ -2,6 +2,7 @@
 
 Examples::
 
+    appa train prior --config train.toml --data naturerun_train.zarr --out runs/demo   # both stages, resumable
     appa train autoencoder --config demo.toml --data /work/data/naturerun_train.zarr --out runs/ae
     appa train denoiser --config demo.toml --data /work/data/naturerun_train.zarr --autoencoder runs/ae \\
         --out runs/den
@@ -22,8 +23,9 @@ __all__ = ["main_params", "main_train"]
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="appa train", description="Train the autoencoder or the latent denoiser.")
     sub = parser.add_subparsers(dest="stage", required=True)
-    for stage in ("autoencoder", "denoiser"):
-        p = sub.add_parser(stage, help=f"train the {stage}")
+    for stage in ("prior", "autoencoder", "denoiser"):
+        what = "the autoencoder, then the denoiser (OUT/ae, OUT/den, OUT/prior)" if stage == "prior" else f"the {stage}"
+        p = sub.add_parser(stage, help=f"train {what}")
         p.add_argument("--config", required=True, help="TOML run configuration")
         p.add_argument("--data", required=True, help="WeatherBench2-layout zarr store (training split by date)")
         p.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl, outputs)")
@@ -32,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
         if stage == "denoiser":
             p.add_argument("--autoencoder", required=True, help="finished autoencoder run directory")
+        if stage != "autoencoder":
             p.add_argument("--fp16", action="store_true", help="store the final prior's weights in float16")
     return parser
 
@@ -44,7 +47,31 @@ def main_train(argv: Sequence[str] | None = None) -> int:
         "resume": not args.no_resume,
         "progress": not args.no_progress,
     }
-    if args.stage == "autoencoder":
+    if args.stage == "prior":
+        import shutil
+        from pathlib import Path
+
+        from appa_core.train.autoencoder import train_autoencoder
+        from appa_core.train.denoiser import train_denoiser
+
+        out = Path(args.out)
+        ae = train_autoencoder(args.config, args.data, out / "ae", **common)
+        print(f"autoencoder: step {ae['step']}, loss {ae['loss']:.5g}, val_loss {ae['val_loss']} -> {out / 'ae'}")
+        summary = train_denoiser(
+            args.config,
+            args.data,
+            out / "den",
+            autoencoder=out / "ae",
+            save_dtype=torch.float16 if args.fp16 else None,
+            **common,
+        )
+        if (out / "den" / "prior").is_dir():
+            tmp = out / ".prior.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(out / "den" / "prior", tmp)
+            shutil.rmtree(out / "prior", ignore_errors=True)
+            tmp.rename(out / "prior")
+    elif args.stage == "autoencoder":
         from appa_core.train.autoencoder import train_autoencoder
 
         summary = train_autoencoder(args.config, args.data, args.out, **common)

@@ -18,17 +18,24 @@ from torch import Tensor
 from appa_core.grid import Grid
 from appa_core.spec import StateSpec
 
-__all__ = ["StateData", "contiguous_starts", "load_splits", "load_states", "sample_stream"]
+__all__ = ["STATIC_VARIABLES", "StateData", "contiguous_starts", "load_splits", "load_states", "sample_stream"]
+
+
+#: Static fields read next to the states when a store has them (inputs of autoencoders with static channels).
+STATIC_VARIABLES = ("geopotential_at_surface", "land_sea_mask")
 
 
 @attrs.frozen(eq=False)
 class StateData:
-    """States ``x [N, C, H, W]`` float32 in physical units, ``times [N]`` datetime64[ns], their grid and spec."""
+    """States ``x [N, C, H, W]`` float32 in physical units, ``times [N]`` datetime64[ns], their grid and spec, and
+    the static fields of the store (``statics``: name -> ``[H, W]`` float32, e.g. ``geopotential_at_surface`` in
+    m**2 s**-2 and ``land_sea_mask`` 0-1; empty when the store has none)."""
 
     x: Tensor
     times: np.ndarray
     grid: Grid
     spec: StateSpec
+    statics: dict[str, np.ndarray] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
         if self.x.dim() != 4 or self.x.shape[0] != len(self.times):
@@ -58,7 +65,7 @@ class StateData:
             raise ValueError(
                 f"StateData.select: no state in {time_range}; data covers {self.times[0]} .. {self.times[-1]}"
             )
-        return StateData(self.x[keep], self.times[keep], self.grid, self.spec)
+        return StateData(self.x[keep], self.times[keep], self.grid, self.spec, self.statics)
 
 
 def load_states(
@@ -77,7 +84,15 @@ def load_states(
         raise FileNotFoundError(f"load_states: data store {str(data)!r} does not exist")
     ds = open_wb2(data, variables=list(spec.variables), levels=list(spec.levels) or None, time=time_range)
     x, times, grid = dataset_to_tensor(ds, spec)
-    return StateData(x.float().contiguous(), np.asarray(times).astype("datetime64[ns]"), grid, spec)
+    statics = {}
+    present = [v for v in STATIC_VARIABLES if v not in spec.variables]
+    if present:
+        full = open_wb2(data, time=time_range)
+        for name in present:
+            if name in full.data_vars and "time" not in full[name].dims:
+                arr = full[name].transpose("latitude", "longitude").values.astype(np.float32)
+                statics[name] = arr
+    return StateData(x.float().contiguous(), np.asarray(times).astype("datetime64[ns]"), grid, spec, statics)
 
 
 def load_splits(

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -78,10 +79,29 @@ def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
 
 
 def _truncate_log(path: Path, step: int) -> None:
+    """Keep the metric lines up to ``step`` (those after it are recomputed, identically, on resume). Nothing is lost:
+    later lines, and lines that are not JSON (a line torn by a kill), move to ``metrics.superseded.jsonl``; the log
+    is rewritten atomically."""
     if not path.is_file():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-    path.write_text("".join(ln + "\n" for ln in keep))
+    keep, drop = [], []
+    for i, ln in enumerate(path.read_text().splitlines(), start=1):
+        if not ln.strip():
+            continue
+        try:
+            rec = json.loads(ln)
+            ok = isinstance(rec, dict) and int(rec.get("step", 0)) <= step
+        except (ValueError, TypeError):
+            warnings.warn(f"run_training: {str(path)!r} line {i} is not JSON (torn by a kill?); moved aside", stacklevel=3)
+            ok = False
+        (keep if ok else drop).append(ln)
+    if not drop:
+        return
+    with path.with_name("metrics.superseded.jsonl").open("a") as f:
+        f.write("".join(ln + "\n" for ln in drop))
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text("".join(ln + "\n" for ln in keep))
+    os.replace(tmp, path)
 
 
 def run_training(
