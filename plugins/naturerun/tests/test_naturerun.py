@@ -347,3 +347,34 @@ def test_plausibility_summary(tmp_path):
     assert s["n_times"] == 4 and s["first_time"] == "2000-01-01T00:00"
     assert s["T850_min_K"] <= s["T850_mean_K"] <= s["T850_max_K"]
     assert s["q_min_gkg"] >= 0
+
+
+def test_eight_time_steps_and_eight_sigma_levels_are_not_confused():
+    """Issue: any write of exactly 8 time steps crashed (the level axis was found by matching shapes, and 8 steps
+    equal 8 sigma levels), and with 8 output levels wrong temperatures were written silently."""
+    ps = RNG.uniform(60_000, 104_000, size=(8, 4, 5))  # (time, lat, lon): 8 steps
+    f = RNG.normal(size=(8, 8, 4, 5))  # (time, level, lat, lon): 8 sigma levels
+    plev = np.linspace(200e2, 1000e2, 8)  # 8 output levels
+    out = C.sigma_to_pressure(f, SIGMA, ps, plev, level_axis=1)
+    for t in (0, 5):
+        ref = C.sigma_to_pressure(f[t], SIGMA, ps[t], plev)  # unambiguous: (level, lat, lon)
+        np.testing.assert_allclose(out[t], ref)
+    with pytest.raises(ValueError, match=r"level axis of field shape \(8, 8, 4, 5\) is ambiguous .* pass level_axis"):
+        C.sigma_to_pressure(f, SIGMA, ps, plev)
+    with pytest.raises(ValueError, match=r"field 'level_axis' = 2 does not fit"):
+        C.sigma_to_pressure(f, SIGMA, ps, plev, level_axis=2)
+
+
+def test_kill_during_an_append_resumes(tmp_path):
+    """Issue: a kill in the middle of an append left arrays of different lengths that no rerun could resume
+    (truncation read the stale consolidated metadata, resized nothing, then consolidated the torn metadata)."""
+    import zarr
+
+    ref = _load(_run(tmp_path / "ref.zarr", days=3))
+    out = tmp_path / "torn.zarr"
+    _run(out, days=2)
+    group = zarr.open_group(str(out), mode="r+", use_consolidated=False)
+    arr = group["temperature"]  # the append of day 3 reached this array only (consolidated metadata is stale)
+    arr.resize((12, *arr.shape[1:]))
+    _run(out, days=3)
+    xr.testing.assert_identical(_load(out), ref)

@@ -99,6 +99,7 @@ def sigma_to_pressure(
     plev_pa: Sequence[float],
     kind: str = "clamp",
     temperature: np.ndarray | None = None,
+    level_axis: int | None = None,
 ) -> np.ndarray:
     """Interpolate ``field`` from sigma levels to pressure levels, linearly in ln p, with p = sigma * p_s.
 
@@ -119,6 +120,8 @@ def sigma_to_pressure(
               isothermal, Z = Z_T + R T_T ln(p_T / p); below the lowest level,
               Z = Z_L + g T_L / gamma * (1 - (p / p_L) ** (R gamma / g)). Needs ``temperature`` (same shape as
               ``field``).
+        level_axis: the axis of ``field`` that holds the sigma levels. ``None``: found by matching shapes with
+            ``ps``, which is refused when ambiguous (e.g. 8 time steps and 8 sigma levels).
 
     Returns:
         ``field`` with its level axis replaced by ``len(plev_pa)`` pressure levels, in ``plev_pa``'s order.
@@ -131,13 +134,25 @@ def sigma_to_pressure(
     # locate the level axis: field has one more dim than ps
     if field.ndim != ps.ndim + 1:
         raise ValueError(f"field.ndim ({field.ndim}) must be ps.ndim + 1 ({ps.ndim + 1})")
-    lev_axis = None
-    for k in range(field.ndim):
-        if field.shape[k] == n_sig and field.shape[:k] + field.shape[k + 1 :] == ps.shape:
-            lev_axis = k
-            break
-    if lev_axis is None:
+    matches = [
+        k for k in range(field.ndim) if field.shape[k] == n_sig and field.shape[:k] + field.shape[k + 1 :] == ps.shape
+    ]
+    if level_axis is not None:
+        lev_axis = level_axis % field.ndim
+        if lev_axis not in matches:
+            raise ValueError(
+                f"sigma_to_pressure: field 'level_axis' = {level_axis} does not fit field shape {field.shape}, ps "
+                f"shape {ps.shape} and {n_sig} levels"
+            )
+    elif len(matches) == 1:
+        lev_axis = matches[0]
+    elif not matches:
         raise ValueError(f"cannot match field shape {field.shape} with ps shape {ps.shape} and {n_sig} levels")
+    else:
+        raise ValueError(
+            f"sigma_to_pressure: the level axis of field shape {field.shape} is ambiguous (axes {matches} all fit "
+            f"ps shape {ps.shape} and {n_sig} levels); pass level_axis"
+        )
     if kind not in ("clamp", "temperature", "geopotential"):
         raise ValueError(f"unknown kind {kind!r}")
     if kind == "geopotential" and temperature is None:
@@ -322,7 +337,7 @@ def convert_chunk(
     out: dict[str, tuple] = {}
     for nname, (name, kind) in _NATIVE_LEVEL.items():
         f = t_sig if nname == "temperature" else _native(native, nname, d3)
-        fp = sigma_to_pressure(f, sigma, ps, plev, kind=kind, temperature=t_sig)
+        fp = sigma_to_pressure(f, sigma, ps, plev, kind=kind, temperature=t_sig, level_axis=1)
         if name == "specific_humidity":
             fp = np.maximum(fp, 0.0)
         out[name] = (("time", "level", "latitude", "longitude"), regrid_lat(fp, w, 2).astype(np.float32))

@@ -95,15 +95,24 @@ def _list_checkpoints(state_dir: Path) -> list[tuple[np.datetime64, Path]]:
 
 
 def _store_times(out: Path) -> np.ndarray:
-    with xr.open_zarr(out, consolidated=True, chunks=None, decode_times=True) as ds:
+    # per-array metadata, not the consolidated copy, and the time coordinate alone: after a kill during an append the
+    # consolidated copy is stale and the other arrays may have other lengths
+    import zarr
+
+    others = [n for n, _ in zarr.open_group(str(out), mode="r", use_consolidated=False).arrays() if n != "time"]
+    with xr.open_zarr(out, consolidated=False, chunks=None, decode_times=True, drop_variables=others) as ds:
         return np.asarray(ds["time"].values).astype("datetime64[m]")
 
 
 def truncate_store(out: str | Path, n_times: int) -> None:
-    """Cut every array that has a ``time`` dimension back to ``n_times`` steps; re-consolidate the metadata."""
+    """Cut every array that has a ``time`` dimension back to ``n_times`` steps; re-consolidate the metadata.
+
+    Reads the per-array metadata, never the consolidated copy, which a kill during an append leaves stale (arrays of
+    different lengths); every array is then cut to the same length before the metadata is consolidated again.
+    """
     import zarr
 
-    group = zarr.open_group(str(out), mode="r+")
+    group = zarr.open_group(str(out), mode="r+", use_consolidated=False)
     for _name, arr in group.arrays():
         dims = arr.attrs.get("_ARRAY_DIMENSIONS") or getattr(arr.metadata, "dimension_names", None) or ()
         dims = list(dims)
