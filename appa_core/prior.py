@@ -241,7 +241,10 @@ class Prior(DiffusionPrior, nn.Module):
             sd = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
             return {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v for k, v in sd.items()}
 
-        meta = {"grid_shape": "x".join(map(str, self.grid.shape)), "latent_shape": "x".join(map(str, self.latent_shape))}
+        meta = {
+            "grid_shape": "x".join(map(str, self.grid.shape)),
+            "latent_shape": "x".join(map(str, self.latent_shape)),
+        }
         _atomic(out / "autoencoder.safetensors", lambda p: save_file(weights(self.autoencoder), p, metadata=meta))
         _atomic(out / "denoiser.safetensors", lambda p: save_file(weights(self.denoiser), p, metadata=meta))
         _atomic(out / "stats.json", lambda p: self.stats.save(p))

@@ -283,6 +283,9 @@ class Sampler:
         prior = self.prior
         if start is None or length is None:
             raise ValueError("Sampler.posterior: fields 'start' and 'length' are required")
+        for field, v in (("length", length), ("members", members)):
+            if isinstance(v, bool) or not float(v).is_integer():  # type: ignore[arg-type]
+                raise ValueError(f"Sampler.posterior: field {field!r} has value {v!r}; must be a whole number")
         if int(length) < 1 or int(members) < 1:
             raise ValueError(f"Sampler.posterior: need length >= 1 and members >= 1, got {length}, {members}")
         length, members = int(length), int(members)
@@ -581,7 +584,9 @@ def _written_by_us(path: Path) -> bool:
                 return False
             attrs_ = data.get("attributes", data) if meta.name == "zarr.json" else data
             # posteriors written by appa-core 0.1 carry "appa_sampler" but no marker
-            return isinstance(attrs_, dict) and (attrs_.get("appa_written_by") == WRITTEN_BY or "appa_sampler" in attrs_)
+            return isinstance(attrs_, dict) and (
+                attrs_.get("appa_written_by") == WRITTEN_BY or "appa_sampler" in attrs_
+            )
     return False
 
 

@@ -215,6 +215,8 @@ def test_sampler_config_validation() -> None:
         Sampler(prior, cg_iters=None, cg_tol=None)
     with pytest.raises(ValueError, match=r"Sampler: field 'cg_iters' has value 0"):
         Sampler(prior, cg_iters=0)
+    with pytest.raises(ValueError, match=r"Sampler.posterior: field 'members' has value 2.7; must be a whole number"):
+        Sampler(prior, progress=False).sample(start=T0, length=2, members=2.7)  # was silently 2
     with pytest.raises(ValueError, match=r"Sampler.posterior: fields 'start' and 'length' are required"):
         Sampler(prior).posterior()
 

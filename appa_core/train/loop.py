@@ -92,7 +92,9 @@ def _truncate_log(path: Path, step: int) -> None:
             rec = json.loads(ln)
             ok = isinstance(rec, dict) and int(rec.get("step", 0)) <= step
         except (ValueError, TypeError):
-            warnings.warn(f"run_training: {str(path)!r} line {i} is not JSON (torn by a kill?); moved aside", stacklevel=3)
+            warnings.warn(
+                f"run_training: {str(path)!r} line {i} is not JSON (torn by a kill?); moved aside", stacklevel=3
+            )
             ok = False
         (keep if ok else drop).append(ln)
     if not drop:

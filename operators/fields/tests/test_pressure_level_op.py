@@ -174,3 +174,11 @@ def test_example_is_valid_and_prepares() -> None:
     op.prepare(grid, spec, times)
     x = torch.full((2, times.size, spec.n_channels, *grid.shape), 250.0, dtype=torch.float64)
     torch.testing.assert_close(op(x), torch.full((2, op.size), 250.0, dtype=torch.float64))
+
+
+def test_pressure_in_pascal_is_refused() -> None:
+    """Issue: ``PressureLevelOp(pressure=[50000])`` (Pa given for hPa) was silently clamped to the deepest level."""
+    with pytest.raises(ValueError, match=r"field 'pressure' has value 50000 at index 1, above 1100 hPa; .* in Pa\?"):
+        PressureLevelOp(
+            variable="temperature", pressure=[500.0, 50000.0], lat=0.0, lon=0.0, time="2020-01-01", value=[250.0, 250.0]
+        )

@@ -170,3 +170,13 @@ def test_ioda_round_trip_with_pressure_levels_and_hofx(tmp_path: Path) -> None:
     # state_variable override and window filter
     only = read_ioda(path, "airTemperature", window=("2020-01-01T00", "2020-01-01T03"))
     assert only.size == int(np.sum(op.time <= np.datetime64("2020-01-01T03")))
+
+
+def test_station_csv_row_with_a_bad_date_is_an_error(tmp_path: Path) -> None:
+    """Issue: a CSV row with an empty date was dropped without a word (NaT falls outside every window)."""
+    path = tmp_path / "s.csv"
+    path.write_text(
+        "station_id,lat,lon,time,variable,value\nA,1,2,2020-01-01T00:00,2m_temperature,280\nB,3,4,,2m_temperature,281\n"
+    )
+    with pytest.raises(ValueError, match=r"read_station_csv: file .*s.csv' line 3 has time nan, not an ISO-8601"):
+        read_station_csv(path, window=("2020-01-01", "2020-01-02"))

@@ -152,6 +152,12 @@ class PressureLevelOp(SparseLinearOperator):
         check_same_length(owner, **arrays)
         check_finite(owner, "value", value)
         check_positive(owner, "pressure", arrays["pressure"])
+        if arrays["pressure"].max() > 1100.0:  # the deepest surface pressure on Earth is ~1085 hPa
+            i = int(np.argmax(arrays["pressure"]))
+            raise ValueError(
+                f"{owner}: field 'pressure' has value {arrays['pressure'][i]:g} at index {i}, above 1100 hPa; "
+                "pressures are in hPa (was it given in Pa?)"
+            )
         check_lat(owner, arrays["lat"])
         check_lon(owner, arrays["lon"])
         if "error" in arrays:

@@ -91,6 +91,12 @@ def read_station_csv(
     if missing:
         raise ValueError(f"{owner}: file {str(path)!r} lacks column(s) {missing}; has {list(df.columns)}")
     times = _utc_naive(df["time"])
+    bad = np.flatnonzero(np.isnat(times))
+    if bad.size:  # an empty or unparsable time is an error, never a silently dropped row
+        raise ValueError(
+            f"{owner}: file {str(path)!r} line {int(bad[0]) + 2} has time {df['time'].iloc[bad[0]]!r}, not an "
+            f"ISO-8601 time ({bad.size} such row(s))"
+        )
     keep = _in_window(times, window)
     df, times = df[keep], times[keep]
     if len(df) == 0:
