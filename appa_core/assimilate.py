@@ -1052,6 +1052,16 @@ def run(
     return AssimilationResult(ds, store, table, scores_path, n_obs, ops, seconds)
 
 
+def qc_summary(counts: dict[str, dict[str, int]]) -> str:
+    """The quality-control summary of a posterior (``json.loads(ds.attrs["appa_qc"])``), one line per operator."""
+    lines = []
+    for name, c in counts.items():
+        rejected = c["total"] - c["pass"]
+        detail = f" ({c['outside_plausible_range']} outside plausible range, {c['background_check']} background check)"
+        lines.append(f"QC {name}: {c['pass']} of {c['total']} passed" + (detail if rejected else ""))
+    return "\n".join(lines)
+
+
 def _prior_label(cfg: AssimilateConfig) -> str:
     pc = cfg.prior
     if pc.kind == "diffusion":
@@ -1075,6 +1085,8 @@ def _summary(
             std = np.asarray(ds[f"{key}_std"].values, dtype=np.float64)
             rms = float(np.sqrt(np.mean((innov / std) ** 2)))
             say(f"  {name}: {innov.size} obs, normalised innovation RMS {rms:.3g} (|y - H(mean)| / noise std)")
+    if "appa_qc" in ds.attrs:
+        say("  " + qc_summary(json.loads(ds.attrs["appa_qc"])).replace("\n", "\n  "))
     sizes = ", ".join(f"{d} {n}" for d, n in ds.sizes.items() if not str(d).startswith("obs_"))
     say(f"  sampled in {seconds:.1f} s; wrote {store} ({sizes})")
     if table is not None:
@@ -1086,6 +1098,8 @@ def _summary(
 # ============================================================================================ CLI
 def main(argv: Sequence[str] | None = None) -> int:
     """``appa assimilate CONFIG [--out DIR] [--members N] [--steps N] [--seed S] [--check] [--quiet]``."""
+    from appa_core.obs.qc import QCError
+
     parser = argparse.ArgumentParser(
         prog="appa assimilate",
         description="Reanalysis, filtering or forecasting from a TOML/YAML config (schema: docs/assimilate.md).",
@@ -1107,7 +1121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, overrides)
         run(cfg, progress=not args.quiet, check=args.check)
-    except ConfigError as exc:
+    except (ConfigError, QCError, FileExistsError) as exc:  # bad input: one clean line, no traceback
         print(f"appa assimilate: error: {exc}", file=sys.stderr)
         return 2
     return 0

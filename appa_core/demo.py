@@ -226,6 +226,17 @@ def run_demo(
             else ""
         )
     )
+    if "appa_qc" in posterior.attrs:
+        from appa_core.assimilate import qc_summary
+
+        print(qc_summary(json.loads(posterior.attrs["appa_qc"])))
+    if "appa_solve" in posterior.attrs:
+        sv = json.loads(posterior.attrs["appa_solve"])
+        print(
+            f"MMPS solves: {sv['calls']} guided calls, {sv['mean_iterations']:.1f} GMRES iterations on average "
+            f"(max {sv['max_iterations']}), worst relative residual {sv['max_residual']:.2g}, "
+            f"{sv['unconverged']} above the tolerance"
+        )
     print(f"sampling took {t_post:.0f} s (posterior) + {t_prior:.0f} s (prior ensemble)")
     print(f"outputs in {out.resolve()}: posterior.zarr, scores.csv, summary.json" + (", map_*.png" if pngs else ""))
     return summary

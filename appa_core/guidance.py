@@ -62,6 +62,9 @@ __all__ = [
 ]
 
 
+#: A DPS step larger than this many times the state's size (plus sqrt(D)) is reported as divergence.
+DPS_DIVERGENCE = 100.0
+
 #: Iteration cap of an adaptive MMPS solve (``MMPS(maxiter=None)``).
 ADAPTIVE_MAXITER = 100
 
@@ -286,7 +289,14 @@ class DPS:
         var = (noise.variance().to(device=r.device) / w).to(r.dtype)
         norm = torch.sqrt((r**2 / var).sum(-1) + 1e-30)
         g = torch.autograd.grad(norm.sum(), z_t)[0]
-        out = z_hat.detach() - self.zeta * g
+        step = self.zeta * g
+        ratio = float(step.norm() / (z_hat.detach().norm() + z_hat[0].numel() ** 0.5))
+        if not ratio < DPS_DIVERGENCE:  # a step many times the state: the sample would be garbage, not a posterior
+            raise GuidanceError(
+                f"{where}: DPS diverges: the guidance step is {ratio:.3g} times the size of the state (limit "
+                f"{DPS_DIVERGENCE:g}); lower zeta (now {self.zeta:g}) or use MMPS"
+            )
+        out = z_hat.detach() - step
         _check_finite(out.reshape(-1, 1), {"guided state": slice(0, 1)}, "the guided denoiser output", where)
         return out, GuidanceReport(True, 0, float("nan"), {}, where)
 

@@ -19,6 +19,7 @@ ensemble dimension ``member``; ``truth`` has none.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -172,6 +173,26 @@ def score_table(
     return table
 
 
+def _open_complete(path: str, what: str) -> xr.Dataset:
+    """Open a zarr store, refusing a missing path and arrays with missing chunks (which read as fill values and
+    would give silently wrong scores)."""
+    import zarr
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what} store {path!r} does not exist")
+    try:
+        group = zarr.open_group(path, mode="r")
+    except Exception as exc:  # zarr raises several types for "not a store"
+        raise ValueError(f"{what} store {path!r} is not a zarr store: {exc}") from exc
+    for name, arr in group.arrays():
+        if arr.nchunks_initialized < arr.nchunks:
+            raise ValueError(
+                f"{what} store {path!r} is incomplete: array {name!r} has {arr.nchunks_initialized} of {arr.nchunks} "
+                "chunks (a write cut short?)"
+            )
+    return xr.open_zarr(path)
+
+
 def main_evaluate(argv: list[str] | None = None) -> int:
     """``appa evaluate POSTERIOR TRUTH``: print the score table of a posterior zarr store against a truth store."""
     parser = argparse.ArgumentParser(prog="appa evaluate", description=main_evaluate.__doc__)
@@ -179,9 +200,13 @@ def main_evaluate(argv: list[str] | None = None) -> int:
     parser.add_argument("truth", help="truth zarr store in the WeatherBench2 layout")
     parser.add_argument("--out", help="write the table to this .csv or .json file")
     args = parser.parse_args(argv)
-    post = xr.open_zarr(args.posterior)
-    truth = xr.open_zarr(args.truth)
-    table = score_table(post, truth)
+    try:
+        post = _open_complete(args.posterior, "posterior")
+        truth = _open_complete(args.truth, "truth")
+        table = score_table(post, truth)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"appa evaluate: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
     print(table.to_string(float_format=lambda v: f"{v:.4g}"))
     if args.out:
         if args.out.endswith(".json"):

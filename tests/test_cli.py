@@ -280,3 +280,18 @@ def test_readme_test_command_is_what_ci_runs() -> None:
     demo = _readme_block("Run the demo")
     assert demo[0] == venv and demo[1] == commands[0] and demo[-1] == "appa demo"
     assert {"set -euo pipefail", "ruff check .", "ruff format --check .", "pip install torch==2.13.0"} <= set(ci)
+
+
+def test_evaluate_refuses_missing_and_incomplete_stores(capsys: pytest.CaptureFixture[str], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Issue: ``appa evaluate`` on a missing path printed a 55-line traceback, and on a store with a missing chunk
+    reported a CRPS 30x too large (the chunk read as fill values)."""
+    import numpy as np
+    import xarray as xr
+
+    code, _, err = _run(capsys, "evaluate", str(tmp_path / "nope.zarr"), str(tmp_path / "t.zarr"))
+    assert code == 2 and err.strip().count("\n") == 0 and "posterior store" in err and "does not exist" in err
+    ds = xr.Dataset({"2m_temperature": (("time", "latitude"), np.full((4, 3), 280.0))}).chunk({"time": 2})
+    ds.to_zarr(tmp_path / "t.zarr", zarr_format=2, consolidated=True)
+    (tmp_path / "t.zarr" / "2m_temperature" / "1.0").unlink()
+    code, _, err = _run(capsys, "evaluate", str(tmp_path / "t.zarr"), str(tmp_path / "t.zarr"))
+    assert code == 2 and "is incomplete: array '2m_temperature' has 1 of 2 chunks" in err

@@ -255,3 +255,17 @@ def test_fixed_iteration_gmres_spends_no_extra_product() -> None:
     assert len(calls) == 2 and info.converged and info.residual_vector is None
     true = (b - (a @ x[..., None])[..., 0]).norm(dim=-1) / b.norm(dim=-1)
     torch.testing.assert_close(info.residual, true, rtol=1e-10, atol=1e-12)
+
+
+def test_dps_divergence_is_reported() -> None:
+    """Issue: DPS with a huge step size diverged unreported (finite but meaningless states)."""
+    prior = _priors()[0]
+    obs = _problem(prior)
+    with pytest.raises(GuidanceError, match=r"DPS diverges: the guidance step is .* times the size of the state"):
+        Sampler(prior, steps=4, guidance="dps", zeta=1e9, progress=False, qc=None).sample(
+            obs=obs, start=T0, length=2, members=2, seed=0
+        )
+    res = Sampler(prior, steps=4, guidance="dps", zeta=0.1, progress=False, qc=None).sample(
+        obs=obs, start=T0, length=2, members=2, seed=0
+    )
+    assert bool(torch.isfinite(res.x).all())
