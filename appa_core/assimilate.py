@@ -85,14 +85,14 @@ _WINDOW_KEYS = ("start", "length", "hours")
 SAMPLER_KEYS: dict[str, str] = {
     "steps": "steps", "sampler": "sampler", "guidance": "guidance", "solver": "solver", "iters": "cg_iters",
     "tol": "cg_tol", "irls": "irls", "strategy": "strategy", "overlap": "overlap", "ar_context": "ar_context",
-    "corrections": "corrections", "delta": "delta", "eta": "eta", "order": "order", "zeta": "zeta",
+    "corrections": "corrections", "delta": "delta", "eta": "eta", "order": "order", "churn": "churn", "zeta": "zeta",
     "on_failure": "on_failure", "context_std": "context_std",
 }  # fmt: skip
-_TASK_KEYS = ("kind", "horizon", "members", "seed", "context", "device", *SAMPLER_KEYS)
+_TASK_KEYS = ("kind", "horizon", "members", "seed", "context", "device", "qc", *SAMPLER_KEYS)
 _OUTPUT_KEYS = ("dir",)
 _SOURCES = ("reader", "operator", "observing_system")
 _ENTRY_COMMON = ("simulate", "noise")
-_DEFAULT_STEPS = 16
+_DEFAULT_STEPS = 24  # the calibrated default of Sampler (docs/sampler.md)
 _DEFAULT_MEMBERS = 4
 
 
@@ -462,6 +462,19 @@ def _parse_task(table: dict[str, Any], *, has_truth: bool) -> TaskConfig:
     for key in ("overlap", "ar_context"):
         if key in sampler:
             sampler[key] = _int("task", key, sampler[key], 0)
+    if "qc" in table:  # qc = false, or a [task.qc] table of appa_core.obs.qc.QC fields
+        from appa_core.obs.qc import QC
+
+        qc = table["qc"]
+        if qc is False:
+            sampler["qc"] = None
+        elif isinstance(qc, dict):
+            try:
+                sampler["qc"] = QC(**qc)
+            except (TypeError, ValueError) as exc:
+                raise _fail("task", "qc", qc, f"invalid quality-control settings: {exc}") from exc
+        elif qc is not True:
+            raise _fail("task", "qc", qc, "must be false or a table of QC fields (bounds, background, k, ...)")
     return TaskConfig(
         kind=kind,
         horizon=horizon,

@@ -207,6 +207,8 @@ BAD_CONFIGS = [
         lambda c: (c.pop("truth"), c["task"].update(context=2)),
         r"\[task\] key 'context' has value 2; context states are taken from the truth",
     ),
+    (lambda c: c["task"].update(qc={"k": -1}), r"\[task\] key 'qc' .* invalid quality-control settings: QC: field 'k'"),
+    (lambda c: c["task"].update(qc="off"), r"\[task\] key 'qc' has value 'off'; must be false or a table of QC"),
 ]
 
 
@@ -453,7 +455,9 @@ def test_real_observing_system_builds(tmp_path: Path) -> None:
 
 
 # ============================================================================================ end-to-end
-def test_reanalysis_end_to_end_with_station_csv(tmp_path: Path, truth: xr.Dataset) -> None:
+def test_reanalysis_end_to_end_with_station_csv(
+    tmp_path: Path, truth: xr.Dataset, capsys: pytest.CaptureFixture[str]
+) -> None:
     times = [START, "2000-01-30T06:00", "2000-01-30T12:00"]
     _, y = station_csv(tmp_path / "obs.csv", truth, [*times, "2000-01-31T00:00"])  # the last 3 rows: outside
     cfg = base_config(tmp_path / "out", observations=[{"reader": "station_csv", "path": "obs.csv", "name": "synop"}])
@@ -461,6 +465,11 @@ def test_reanalysis_end_to_end_with_station_csv(tmp_path: Path, truth: xr.Datase
     assert code == 0
     ds = xr.open_zarr(tmp_path / "out" / "posterior.zarr")
     assert dict(ds["2m_temperature"].sizes) == {"member": 2, "time": 3, "latitude": 6, "longitude": 12}
+    # the same run again over its own output: replaced atomically; a foreign directory is refused in one line
+    (tmp_path / "foreign" / "posterior.zarr").mkdir(parents=True)
+    printed = capsys.readouterr().out
+    assert main([str(write_toml(tmp_path / "run2.toml", {**cfg, "output": {"dir": str(tmp_path / "foreign")}}))]) == 2
+    assert "is not a store written by appa" in capsys.readouterr().err
     np.testing.assert_array_equal(ds.time.values, np.array(times, dtype="datetime64[ns]"))
     assert ds.attrs["appa_task"] == "reanalysis"
     assert json.loads(ds.attrs["appa_config"]) == json.loads(json.dumps(cfg))
@@ -469,6 +478,8 @@ def test_reanalysis_end_to_end_with_station_csv(tmp_path: Path, truth: xr.Datase
     np.testing.assert_allclose(ds["obs_synop_value"].values, y[:9])
     innovation = ds["obs_synop_innovation"].values
     assert np.abs(innovation).max() < 0.5
+    assert (ds["obs_synop_qc"].values == 0).all()  # quality control ran, every observation passed
+    assert "QC synop: 9 of 9 passed" in printed
     scores = pd.read_csv(tmp_path / "out" / "scores.csv", index_col="variable")
     assert list(scores.index) == ["2m_temperature", "temperature@850"]
     assert list(scores.columns) == ["rmse", "crps", "spread", "ssr"]
