@@ -113,7 +113,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lead-hours", type=int, default=None, help="forecast horizon after the 24 h window (72)")
     p.add_argument("--members", type=int, default=None, help="ensemble size of prior / OI (8)")
     p.add_argument("--steps", type=int, default=None, help="diffusion steps (16)")
-    p.add_argument("--sampler", default="ddim", choices=["ddim", "pc", "lms"])
+    p.add_argument("--sampler", default="lms", choices=["lms", "heun", "ddim", "pc"])
+    p.add_argument("--tol", type=float, default=3e-2, help="MMPS relative tolerance, adaptive iterations (0: fixed)")
     p.add_argument(
         "--forecast-mode",
         default="continue",
@@ -121,8 +122,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="continue: each member of the 24 h reanalysis is continued autoregressively (its last K/2 states as\n"
         "context; cheap); joint: one autoregressive call over 24 h + lead with the first 24 h's observations",
     )
-    p.add_argument("--gmres-iters", type=int, default=2, help="MMPS solver iterations for the prior (Appa: 2)")
-    p.add_argument("--oi-cg-iters", type=int, default=4, help="MMPS CG iterations for OI")
+    p.add_argument(
+        "--gmres-iters", type=int, default=None, help="GMRES iteration cap for the prior (with --tol 0: fixed)"
+    )
+    p.add_argument("--oi-cg-iters", type=int, default=None, help="CG iteration cap for OI (with --tol 0: fixed)")
     p.add_argument("--oi-window", type=int, default=5, help="states per OI prior window")
     p.add_argument("--oi-rank", type=int, default=64)
     p.add_argument("--oi-samples", type=int, default=256, help="training windows for the OI covariance")
@@ -167,11 +170,11 @@ def prior_hash(path: Path) -> str:
 
 def method_key(a: argparse.Namespace, method: str, phash: str = "") -> str:
     if method == "prior":
-        return f"prior-{phash[:10]}-{a.sampler}{a.steps}-m{a.members}-g{a.gmres_iters}-s{a.seed}"
+        return f"prior-{phash[:10]}-{a.sampler}{a.steps}-m{a.members}-g{a.gmres_iters}-t{a.tol:g}-s{a.seed}"
     if method == "oi":
         return (
             f"oi-w{a.oi_window}-r{a.oi_rank}-n{a.oi_samples}-{a.sampler}{a.steps}-m{a.members}-cg{a.oi_cg_iters}"
-            f"-s{a.seed}"
+            f"-t{a.tol:g}-s{a.seed}"
         )
     if method == "unconditioned":
         return f"uncond-{phash[:10]}-{a.sampler}{a.steps}-m{a.members}-s{a.seed}"
@@ -345,11 +348,13 @@ class Runner:
         a = self.a
         if method == "oi":
             return Sampler(
-                self.oi, steps=a.steps, sampler=a.sampler, solver="cg", cg_iters=a.oi_cg_iters, cg_tol=None,
-                strategy=strategy, progress=False,
+                self.oi, steps=a.steps, sampler=a.sampler, solver="cg",
+                cg_iters=a.oi_cg_iters or (None if a.tol else 4), cg_tol=a.tol or None, strategy=strategy,
+                progress=False,
             )  # fmt: skip
         return Sampler(
-            self.prior, steps=a.steps, sampler=a.sampler, solver="gmres", cg_iters=a.gmres_iters, cg_tol=None,
+            self.prior, steps=a.steps, sampler=a.sampler, solver="gmres",
+            cg_iters=a.gmres_iters or (None if a.tol else 2), cg_tol=a.tol or None,
             guidance="mmps" if guided else "none", strategy=strategy, progress=False,
         )  # fmt: skip
 
@@ -794,8 +799,13 @@ def write_report(r: Runner, rows: list[dict[str, Any]], walls: dict[str, list[fl
         f"(`ObservingSystem.named`, seed {a.obs_seed}; sparse = 100 stations + 1 AMSU-A-like radiance swath + 10 "
         "radiosondes, dense = 1000 stations + 2 swaths with T850/Q700 retrievals and radiances + 60 radiosondes).\n"
         f"* prior / OI / unconditioned: {a.members} members, {a.steps} `{a.sampler}` steps, MMPS guidance "
-        f"(prior: GMRES, {a.gmres_iters} iterations, no tolerance, as Appa; OI: CG, {a.oi_cg_iters} iterations); "
-        f"sampler seed {a.seed}.\n"
+        + (
+            f"(prior: GMRES, OI: CG, both iterated to a relative residual of {a.tol:g}); "
+            if a.tol
+            else f"(prior: GMRES, {a.gmres_iters or 2} iterations, no tolerance, as Appa; OI: CG, {a.oi_cg_iters or 4} "
+            "iterations); "
+        )
+        + f"sampler seed {a.seed}.\n"
         f"* prior: `appa_core/assets/demo_prior`, sha256 of its files `{r.phash}` (the hash is also in "
         "`results.json`).\n"
         f"* OI: `oi_prior(train store, DEMO_SPEC, window={a.oi_window}, rank={a.oi_rank}, n_samples="
