@@ -5,8 +5,6 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 from typing import Any
 
-import pytest
-
 
 def test_entry_point_is_declared() -> None:
     eps = {ep.name: ep.value for ep in entry_points(group="appa.plugins")}
@@ -14,9 +12,6 @@ def test_entry_point_is_declared() -> None:
 
 
 def test_hooks_register_both_operators() -> None:
-    plugins = pytest.importorskip("appa_core.plugins")
-    if not hasattr(plugins, "hookimpl"):
-        pytest.skip("appa_core.plugins.hookimpl is not available yet")
     from appa_op_fields import MaskedFieldOp, PressureLevelOp, plugin
 
     added: dict[str, Any] = {}

@@ -5,8 +5,6 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 from typing import Any
 
-import pytest
-
 
 def test_entry_point_is_declared() -> None:
     eps = {ep.name: ep.value for ep in entry_points(group="appa.plugins")}
@@ -26,9 +24,6 @@ class _Registry:
 
 
 def test_hooks_register_the_operator_and_readers() -> None:
-    plugins = pytest.importorskip("appa_core.plugins")
-    if not hasattr(plugins, "hookimpl"):
-        pytest.skip("appa_core.plugins.hookimpl is not available yet")
     from appa_op_stations import StationOp, plugin, read_ioda, read_station_csv
 
     registry = _Registry()

@@ -345,8 +345,16 @@ def test_plausibility_summary(tmp_path):
     ds = _load(_run(tmp_path / "s.zarr", days=1, levels=C.WB2_LEVELS))
     s = plausibility(ds)
     assert s["n_times"] == 4 and s["first_time"] == "2000-01-01T00:00"
-    assert s["T850_min_K"] <= s["T850_mean_K"] <= s["T850_max_K"]
-    assert s["q_min_gkg"] >= 0
+    # against an independent computation: cos-latitude weighted mean over time, latitude and longitude
+    t850 = ds["temperature"].sel(level=850).values.astype(np.float64)  # (time, lat, lon)
+    w = np.cos(np.deg2rad(ds["latitude"].values.astype(np.float64)))[None, :, None]
+    np.testing.assert_allclose(
+        s["T850_mean_K"], (t850 * w).sum() / (w.sum() * t850.shape[0] * t850.shape[2]), rtol=1e-6
+    )
+    assert (s["T850_min_K"], s["T850_max_K"]) == (pytest.approx(t850.min()), pytest.approx(t850.max()))
+    mslp = ds["mean_sea_level_pressure"].values.astype(np.float64)
+    np.testing.assert_allclose(s["mslp_mean_hPa"], (mslp * w).sum() / (w.sum() * mslp.shape[0] * mslp.shape[2]) / 100)
+    assert s["q_min_gkg"] == pytest.approx(ds["specific_humidity"].values.min() * 1e3) and s["q_min_gkg"] >= 0
 
 
 def test_eight_time_steps_and_eight_sigma_levels_are_not_confused():
