@@ -17,7 +17,7 @@ from torch import Tensor
 from appa_core.grid import Grid
 from appa_core.noise import BlockDiagonal, CorrelatedGaussian, DiagonalGaussian, Huber, NoiseModel
 from appa_core.obs import ObsOperator, ObsSet, SparseLinearOperator, time_interpolation
-from appa_core.obs import _validate as V
+from appa_core.obs import validate as V
 from appa_core.obs.interp import nearest_weights
 from appa_core.spec import StateSpec
 from appa_core.testing import OperatorContract, contract_from_example, make_direction, make_state, run_contract
@@ -579,3 +579,14 @@ def test_validation_helpers_accept_good_input() -> None:
     times = V.to_datetime64("Op", "time", "2020-01-01T06")
     assert times.dtype == np.dtype("M8[ns]") and times.shape == (1,)
     V.check_times_in_window("Op", WINDOW, WINDOW)
+
+
+def test_deprecated_validate_path_still_imports_and_warns() -> None:
+    """``appa_core.obs._validate`` (documented in 0.1's plugins.md) keeps working for one release, with a warning."""
+    import importlib
+    import sys
+
+    sys.modules.pop("appa_core.obs._validate", None)
+    with pytest.warns(DeprecationWarning, match=r"appa_core.obs._validate is deprecated; .* appa_core.obs.validate"):
+        old = importlib.import_module("appa_core.obs._validate")
+    assert old.to_float_array is V.to_float_array and set(old.__all__) == set(V.__all__)

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from appa_core.grid import Grid
 from appa_core.noise import DiagonalGaussian, NoiseModel
-from appa_core.obs._validate import check_times_in_window, to_datetime64
+from appa_core.obs.validate import check_times_in_window, to_datetime64
 from appa_core.spec import StateSpec
 
 __all__ = ["ObsOperator", "SparseLinearOperator", "time_interpolation"]

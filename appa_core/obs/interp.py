@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 
 from appa_core.grid import Grid
-from appa_core.obs._validate import check_lat, check_lon, check_same_length, to_float_array
+from appa_core.obs.validate import check_lat, check_lon, check_same_length, to_float_array
 
 __all__ = ["apply_weights", "bilinear_weights", "interp_matrix", "nearest_weights", "product_stencil_matrix"]
 

@@ -33,8 +33,8 @@ from torch import Tensor
 from appa_core.grid import Grid
 from appa_core.noise import DEFAULT_ERRORS, DiagonalGaussian, NoiseModel
 from appa_core.obs import SparseLinearOperator, time_interpolation
-from appa_core.obs._validate import check_finite, check_positive, to_datetime64, to_float_array
 from appa_core.obs.interp import product_stencil_matrix
+from appa_core.obs.validate import check_finite, check_positive, to_datetime64, to_float_array
 from appa_core.spec import StateSpec
 
 __all__ = ["DEFAULT_ERRORS", "MaskedFieldOp", "parse_channel"]

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from appa_core.grid import Grid
 from appa_core.obs import SparseLinearOperator, time_interpolation
-from appa_core.obs._validate import (
+from appa_core.obs.validate import (
     check_finite,
     check_lat,
     check_lon,

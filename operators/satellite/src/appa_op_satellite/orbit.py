@@ -58,7 +58,7 @@ import attrs
 import numpy as np
 import pyproj
 
-from appa_core.obs._validate import to_datetime64
+from appa_core.obs.validate import to_datetime64
 
 __all__ = [
     "J2",

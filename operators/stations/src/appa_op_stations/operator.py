@@ -37,7 +37,8 @@ from torch import Tensor
 from appa_core.grid import Grid
 from appa_core.noise import DEFAULT_ERRORS, DiagonalGaussian, NoiseModel, default_errors
 from appa_core.obs import SparseLinearOperator, time_interpolation
-from appa_core.obs._validate import (
+from appa_core.obs.interp import bilinear_weights, nearest_weights, product_stencil_matrix
+from appa_core.obs.validate import (
     broadcast_floats,
     broadcast_strings,
     check_finite,
@@ -50,7 +51,6 @@ from appa_core.obs._validate import (
     to_datetime64,
     to_float_array,
 )
-from appa_core.obs.interp import bilinear_weights, nearest_weights, product_stencil_matrix
 from appa_core.spec import StateSpec
 
 __all__ = ["DEFAULT_ERRORS", "LAPSE_RATE", "R_DRY", "G", "StationOp"]

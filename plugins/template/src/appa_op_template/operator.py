@@ -24,7 +24,7 @@ from torch import Tensor
 from appa_core.grid import Grid
 from appa_core.noise import DiagonalGaussian, NoiseModel
 from appa_core.obs import SparseLinearOperator, time_interpolation
-from appa_core.obs import _validate as check
+from appa_core.obs import validate as check
 from appa_core.spec import StateSpec
 
 __all__ = ["GlobalMeanOp"]
