@@ -456,6 +456,8 @@ def _parse_task(table: dict[str, Any], *, has_truth: bool) -> TaskConfig:
     if "cg_tol" in sampler:  # "none" / false: fixed iterations, no convergence check (Appa: iters = 2)
         tol = sampler["cg_tol"]
         if tol is None or tol is False or (isinstance(tol, str) and tol.lower() == "none"):
+            if "cg_iters" not in sampler:
+                raise _fail("task", "tol", tol, "fixed iterations need 'iters' too (e.g. iters = 2, Appa's setting)")
             sampler["cg_tol"] = None
         else:
             sampler["cg_tol"] = _float("task", "tol", tol, positive=True)

@@ -109,7 +109,7 @@ def _predicted_variance(
     r"""Hutchinson estimate :math:`\mathrm{diag}(B) \approx \frac1K \sum_k v_k \odot B v_k` (Rademacher
     :math:`v_k`, fixed seed), clamped at 0, for ``B = product`` acting on ``[..., M]``; ``probes=None``: the exact
     diagonal from the ``M`` unit vectors."""
-    if probes is None:
+    if probes is None or like.shape[-1] <= probes:  # exact: no more products than the probes would cost
         diag = torch.zeros_like(like)
         for i in range(like.shape[-1]):
             e = torch.zeros_like(like)

@@ -130,6 +130,8 @@ class Sampler:
         context_std: std (diffusion units) of known states (``context`` and autoregressive carries).
         dtype: working dtype (default ``prior.dtype`` if it has one, else float32). device: torch device.
         progress: show a tqdm bar over steps.
+        probes: Hutchinson probes of the predicted observation variance by which robust noise models standardise
+            residuals (:class:`~appa_core.guidance.MMPS`; ``None``: exact diagonal; Gaussian models use none).
         qc: observation quality control before sampling (:class:`~appa_core.obs.qc.QC`: plausibility bounds and a
             background check against a small prior ensemble; on by default), or ``None`` to use every observation.
     """
@@ -142,6 +144,7 @@ class Sampler:
     cg_iters: int | None = None
     cg_tol: float | None = 1e-2
     irls: bool = True
+    probes: int | None = 8
     eta: float = 0.0
     corrections: int = 2
     delta: float = 0.1
@@ -182,7 +185,7 @@ class Sampler:
 
     def _guide(self) -> MMPS | DPS | None:
         if self.guidance == "mmps":
-            return MMPS(solver=self.solver, maxiter=self.cg_iters, tol=self.cg_tol, irls=self.irls)
+            return MMPS(solver=self.solver, maxiter=self.cg_iters, tol=self.cg_tol, irls=self.irls, probes=self.probes)
         if self.guidance == "dps":
             return DPS(zeta=self.zeta, irls=self.irls)
         return None
@@ -318,7 +321,7 @@ class Sampler:
             known = KnownStates(np.arange(n_ctx), zc, self.context_std)
 
         qc_result = None
-        if obsset is not None and self.qc is not None:
+        if obsset is not None and self.qc is not None and self.guidance != "none":
             qc_result = self._quality_control(obsset, t0, length, seed, context, ctx, frame_times)
         qc_ok = None if qc_result is None else qc_result.passed
 
@@ -404,9 +407,10 @@ class Sampler:
         flags = bounds_flags(obs.operators, obs.slices, obs.values) if qc.bounds else np.zeros(obs.size, np.int8)
         departure = np.full(obs.size, np.nan)
         if qc.background:
+            bg_context = None if ctx is None else ctx[torch.arange(qc.members) % ctx.shape[0]]  # per-member contexts
             background = attrs.evolve(
                 self, steps=qc.steps, sampler="lms", guidance="none", qc=None, progress=False
-            ).sample(None, start, length, qc.members, None if seed is None else int(seed) + 1_000_003, context)
+            ).sample(None, start, length, qc.members, None if seed is None else int(seed) + 1_000_003, bg_context)
             with torch.no_grad():
                 pred = obs(_frame_states(background).to(torch.float64))
             bad = [n for n, sl in obs.slices.items() if not bool(torch.isfinite(pred[:, sl]).all())]
@@ -596,8 +600,10 @@ def save_zarr(ds: xr.Dataset, path: str | os.PathLike[str]) -> Path:
     Nothing is lost: an existing ``path`` is replaced only if it is a store this function wrote (its root
     attribute ``appa_written_by``); a regular file, or a directory of anything else, is refused with a
     ``FileExistsError`` and left untouched. Temporary siblings (``.<name>.appa-tmp-<pid>-*``) of earlier writes
-    that were killed are removed first; a kill during this write leaves either the old or the new store at
-    ``path``.
+    that were killed are removed first, and an old store that such a write had moved aside (``.<name>.appa-old-<pid>``)
+    is moved back if nothing took its place; so after a kill the old or the new store is at ``path`` again by the
+    next call. Stale temporaries are recognised by their writer's process id on this host: do not share an output
+    folder between hosts.
     """
     path = Path(path)
     if path.is_file() or path.is_symlink():
@@ -609,13 +615,17 @@ def save_zarr(ds: xr.Dataset, path: str | os.PathLike[str]) -> Path:
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in _stale_temporaries(path):
+        if stale.name.startswith(f".{path.name}.appa-old-") and not path.exists():
+            os.replace(stale, path)  # killed between moving the old store aside and moving the new one in
+            continue
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.appa-tmp-{os.getpid()}-", dir=path.parent))
     try:
         out = ds.copy()
         out.attrs["appa_written_by"] = WRITTEN_BY
         # zarr format 2 with consolidated metadata: the WeatherBench2 layout, readable by every zarr version
-        out.to_zarr(tmp / "store.zarr", mode="w", zarr_format=2, consolidated=True)
+        # every chunk written, even one holding only the fill value: a missing chunk then always means damage
+        out.to_zarr(tmp / "store.zarr", mode="w", zarr_format=2, consolidated=True, write_empty_chunks=True)
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.appa-old-{os.getpid()}")

@@ -208,6 +208,7 @@ BAD_CONFIGS = [
         r"\[task\] key 'context' has value 2; context states are taken from the truth",
     ),
     (lambda c: c["task"].update(qc={"k": -1}), r"\[task\] key 'qc' .* invalid quality-control settings: QC: field 'k'"),
+    (lambda c: c["task"].update(tol="none"), r"\[task\] key 'tol' has value 'none'; fixed iterations need 'iters'"),
     (lambda c: c["task"].update(qc="off"), r"\[task\] key 'qc' has value 'off'; must be false or a table of QC"),
 ]
 

@@ -290,8 +290,22 @@ def test_evaluate_refuses_missing_and_incomplete_stores(capsys: pytest.CaptureFi
 
     code, _, err = _run(capsys, "evaluate", str(tmp_path / "nope.zarr"), str(tmp_path / "t.zarr"))
     assert code == 2 and err.strip().count("\n") == 0 and "posterior store" in err and "does not exist" in err
-    ds = xr.Dataset({"2m_temperature": (("time", "latitude"), np.full((4, 3), 280.0))}).chunk({"time": 2})
-    ds.to_zarr(tmp_path / "t.zarr", zarr_format=2, consolidated=True)
-    (tmp_path / "t.zarr" / "2m_temperature" / "1.0").unlink()
-    code, _, err = _run(capsys, "evaluate", str(tmp_path / "t.zarr"), str(tmp_path / "t.zarr"))
+    from appa_core.sampler import save_zarr
+
+    ds = (
+        xr.Dataset(
+            {
+                "2m_temperature": (("member", "time", "latitude", "longitude"), np.full((2, 4, 3, 2), 280.0)),
+                "obs_st_qc": (("obs_st",), np.zeros(5, dtype=np.int8)),  # all fill value: still written
+            }
+        )
+        .chunk({"time": 2})
+        .assign_coords(latitude=[30.0, 0.0, -30.0], longitude=[0.0, 180.0])
+    )
+    save_zarr(ds, tmp_path / "t.zarr")
+    ds[["2m_temperature"]].isel(member=0).to_zarr(tmp_path / "truth.zarr", zarr_format=2)
+    code, out, err = _run(capsys, "evaluate", str(tmp_path / "t.zarr"), str(tmp_path / "truth.zarr"))
+    assert code == 0 and "2m_temperature" in out, err  # a complete store of ours is accepted
+    (tmp_path / "t.zarr" / "2m_temperature" / "0.1.0.0").unlink()
+    code, _, err = _run(capsys, "evaluate", str(tmp_path / "t.zarr"), str(tmp_path / "truth.zarr"))
     assert code == 2 and "is incomplete: array '2m_temperature' has 1 of 2 chunks" in err

@@ -423,3 +423,19 @@ def test_a_plugin_whose_import_blocks_is_reported_by_name(add_dist: AddDist) -> 
     assert reg.plugins["fake_good"].ok
     with pytest.raises(ValueError, match=r"APPA_PLUGIN_TIMEOUT has value 'soon'"):
         load_plugins(env={"APPA_PLUGIN_TIMEOUT": "soon"})
+
+
+def test_a_plugin_that_installs_a_signal_handler_at_import_still_loads(add_dist: AddDist) -> None:
+    """The timed import runs in a thread; signal.signal only works in the main thread, so such a plugin is
+    imported again there (review finding: it failed otherwise)."""
+    add_dist(
+        "appa-fake-sig",
+        "fake_sig",
+        GOOD.format(op="sig", module="fake_sig") + "\nimport signal\nsignal.signal(signal.SIGUSR1, signal.SIG_IGN)\n",
+    )
+    reg = load_plugins(env={})
+    assert reg.plugins["fake_sig"].ok and reg.names("operator") == ["fake_sig:sig"]
+    assert (
+        load_plugins(env={"APPA_PLUGINS_AUTOLOAD": "0", "APPA_PLUGIN_TIMEOUT": "soon"}).plugins["fake_sig"].status
+        == "disabled"
+    )

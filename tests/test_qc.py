@@ -127,3 +127,23 @@ def test_operator_names_that_collide_are_refused_before_sampling() -> None:
     assert json.loads(ds.attrs["appa_operators"]) == ["st", "st_2", "st_2_2"]
     np.testing.assert_allclose(ds["obs_st_2_value"].values, y[5:10])
     np.testing.assert_allclose(ds["obs_st_2_2_value"].values, y[10:15])
+
+
+def test_qc_with_autoregressive_chunks_and_per_member_context() -> None:
+    """QC in autoregressive mode flags the gross row and the run completes; a per-member context (4 members)
+    works with the 8-member background ensemble (review finding: it raised before)."""
+    grid = Grid.equiangular(3, 4)
+    prior = ar1_prior(2, grid, SPEC, rho=0.8, gen=torch.Generator().manual_seed(0))
+    g = np.random.default_rng(0)
+    d_state = SPEC.n_channels * 12
+    idx = g.choice(4 * d_state, 12, replace=False)  # rows over 4 states
+    idx[0] = 5  # a row in the first state, made a gross error
+    std = np.full(12, 0.5)
+    y = g.normal(0, 1.0, 12) * 3 + 280.0 * np.isin(idx % d_state // 12, [2])
+    y[0] += 500.0
+    op = PointPick(index=idx, obs=y, noise=DiagonalGaussian(std), name="picks")
+    context = torch.as_tensor(prior.mean[:1]).expand(4, 1, *prior.mean.shape[1:]) + torch.randn(4, 1, 3, 3, 4)
+    smp = Sampler(prior, steps=6, strategy="autoregressive", ar_context=1, progress=False)
+    res = smp.sample(obs=[op], start=T0, length=4, members=4, seed=0, context=context)
+    assert res.qc is not None and res.qc.flags[0] == FLAG_BACKGROUND
+    assert res.unconverged == 0 and bool(torch.isfinite(res.x).all())

@@ -181,9 +181,43 @@ def test_damaged_checkpoints_fall_back_and_nothing_is_lost(tmp_path: Path) -> No
     assert [json.loads(ln)["step"] for ln in lines] == list(range(1, 31))  # resumed at 10, not 0
     superseded = (run / "metrics.superseded.jsonl").read_text()
     assert '{"step": 21, "loss": 0.1' in superseded and superseded.count("\n") == 11  # 11..20 and the torn line
-    # rotation kept valid checkpoints; the damaged one is left for inspection
+    # rotation kept valid checkpoints; the damaged step 20 was moved aside for inspection when step 20 was redone
     assert (ckpts / "step_00000030").is_dir() and (ckpts / "step_00000020").is_dir()
+    assert len(list(ckpts.glob("damaged_step_00000020_*"))) == 1
     for p in ckpts.glob("step_*"):
         (p / "state.json").write_text("{")
     with pytest.raises(CheckpointError, match=r"no valid checkpoint in .*state.json' is not valid JSON"):
         train_autoencoder(_cfg(steps=40), data, run, progress=False)
+
+
+def test_train_prior_with_static_fields_and_a_lighter_decoder(tmp_path: Path) -> None:
+    """``appa train prior`` runs both stages into OUT/ae, OUT/den and OUT/prior; with ``static_channels = 5`` the
+    static fields come from the store, travel inside autoencoder.safetensors and condition the decoder; a store
+    without them is refused by name."""
+    from appa_core.nn.autoencoder import static_features
+
+    p = get_preset("tiny")
+    ds = synthetic_wb2(p.spec, p.make_grid(), TIMES[:60], statics=True)
+    ds.to_zarr(tmp_path / "store.zarr")
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(
+        'preset = "tiny"\n[data]\ntrain = ["2000-01-01", "2000-01-12"]\nvalid = ["2000-01-13", "2000-01-15"]\n'
+        "[autoencoder]\nstatic_channels = 5\ndecoder_channels = [4, 8]\ndecoder_blocks = 0\n"
+        "[train.autoencoder]\nsteps = 3\nbatch_size = 4\n[train.denoiser]\nsteps = 3\nbatch_size = 4\n"
+    )
+    args = ["--config", str(cfg), "--data", str(tmp_path / "store.zarr"), "--no-progress"]
+    assert main_train(["prior", *args, "--out", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "ae" / "autoencoder.safetensors").is_file()
+    prior = Prior.load(tmp_path / "run" / "prior")
+    ae = prior.autoencoder
+    assert ae.config.static_channels == 5 and ae.config.decoder_widths == (4, 8)
+    expected = static_features(prior.grid, ds["geopotential_at_surface"].values, ds["land_sea_mask"].values)
+    torch.testing.assert_close(ae.static, expected)
+    z = torch.randn(1, *prior.event_shape(1))
+    x = prior.decode(z)
+    ae.static[3].add_(1.0)  # one km more orography everywhere changes the decoded state
+    assert (prior.decode(z) - x).abs().max() > 1e-6
+    with pytest.raises(ValueError, match=r"static_channels = 5 needs the static field 'geopotential_at_surface'"):
+        synthetic_wb2(p.spec, p.make_grid(), TIMES[:60], statics=False).to_zarr(tmp_path / "bare.zarr")
+        main_train(["autoencoder", "--config", str(cfg), "--data", str(tmp_path / "bare.zarr"), "--out",
+                    str(tmp_path / "bare"), "--no-progress"])  # fmt: skip

@@ -25,7 +25,7 @@ conv for downsampling and conv + pixel-shuffle for upsampling, no attention, and
 that do not change in time (:func:`static_features`: the position on the sphere as the unit vector
 :math:`(\cos\phi\cos\lambda, \cos\phi\sin\lambda, \sin\phi)`, orography in km and the land-sea mask) and
 gives them to both halves: concatenated to the encoder's input, and to the decoder at the latent resolution
-(area means over ``f x f`` cells) and again at full resolution before its output convolution. The latent therefore
+(plain means over ``f x f`` cells) and again at full resolution before its output convolution. The latent therefore
 spends no capacity on what is known everywhere and always (Appa conditions its autoencoder the same way). The
 buffer is saved with the weights (``autoencoder.safetensors``), so a prior directory stays self-contained.
 """

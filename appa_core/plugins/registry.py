@@ -21,7 +21,9 @@ Environment (read by :func:`load_plugins` / :meth:`Registry.load_entry_points`):
 * ``APPA_DISABLE_PLUGINS=a,b``: do not load these;
 * ``APPA_PLUGINS_AUTOLOAD=0``: load no entry point at all (built-ins and in-process plugins still work);
 * ``APPA_PLUGIN_TIMEOUT=S``: seconds an entry point's import may take (default 20); a plugin whose import blocks
-  longer is reported as failed, by name, and the others load (the import goes on in a daemon thread).
+  longer is reported as failed, by name, and the others load (the import goes on in a daemon thread, holding its
+  module's import lock: do not import that module again in the same process). A module that installs signal
+  handlers at import, which only the main thread may do, is imported again in the main thread.
 
 Precedence. Entry points of first-party distributions are loaded before any other, so a third-party distribution
 that declares an entry point with a first-party name (``stations``) cannot replace it: it is not loaded, and the clash
@@ -431,7 +433,7 @@ class Registry:
             s.strip() for s in (env.get("APPA_DISABLE_PLUGINS", "").split(",") if disable is None else disable)
         }
         disable_set.discard("")
-        timeout = _timeout(env)
+        timeout = _timeout(env) if autoload else 0.0
         found: set[str] = set()
         for ep in _entry_points():
             dist, version = _distribution(ep)
@@ -619,8 +621,11 @@ def _load_with_timeout(ep: importlib.metadata.EntryPoint, seconds: float) -> Any
     thread.join(seconds)
     if thread.is_alive():
         raise PluginTimeoutError(f"import of {ep.value!r} did not finish within {seconds:g} s (APPA_PLUGIN_TIMEOUT)")
-    if "error" in result:
-        raise result["error"]
+    error = result.get("error")
+    if isinstance(error, ValueError) and "main thread" in str(error):
+        return ep.load()  # a module that installs signal handlers at import: it can only be imported here
+    if error is not None:
+        raise error
     return result["value"]
 
 

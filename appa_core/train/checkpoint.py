@@ -61,12 +61,34 @@ def _read_state(path: Path) -> dict[str, Any]:
     return state
 
 
+def _check_safetensors(path: Path) -> None:
+    """A safetensors file is whole: its JSON header parses and the file is exactly as long as the header says (a
+    truncated or padded file fails), without reading the tensors."""
+    try:
+        with path.open("rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 2 <= n <= 100_000_000:
+                raise ValueError(f"header length {n}")
+            header = json.loads(f.read(n))
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        size = path.stat().st_size
+    except FileNotFoundError as err:
+        raise ValueError(f"load_checkpoint: file {str(path)!r} is missing") from err
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
+        raise ValueError(f"load_checkpoint: file {str(path)!r} is not a valid safetensors file: {err}") from err
+    if size != 8 + n + end:
+        raise ValueError(
+            f"load_checkpoint: file {str(path)!r} is not a valid safetensors file: {size} bytes, the header describes "
+            f"{8 + n + end} (truncated?)"
+        )
+
+
 def checkpoint_problem(path: Path) -> str | None:
-    """Why the checkpoint directory ``path`` cannot be resumed from (``None``: it is valid)."""
+    """Why the checkpoint directory ``path`` cannot be resumed from (``None``: it is valid). Reads headers only."""
     try:
         _read_state(path)
         for name in ("model.safetensors", "optimizer.safetensors"):
-            _load_tensors(path / name)
+            _check_safetensors(path / name)
     except ValueError as err:
         return str(err).removeprefix("load_checkpoint: ")
     return None
@@ -124,7 +146,10 @@ def save_checkpoint(
     }
     (tmp / "state.json").write_text(json.dumps(state, indent=1))
     if final.exists():
-        shutil.rmtree(final)
+        if checkpoint_problem(final) is None:
+            shutil.rmtree(final)
+        else:  # a damaged checkpoint is kept for inspection, never silently replaced
+            os.rename(final, root / f"damaged_{final.name}_{os.getpid()}")
     os.rename(tmp, final)
     pointer = root / f".latest.tmp{os.getpid()}"
     pointer.write_text(final.name)
@@ -146,6 +171,7 @@ def latest_checkpoint(root: Path) -> Path | None:
     """
     candidates: list[Path] = []
     pointer = root / "latest"
+    target = ""
     if pointer.is_file():
         try:
             target = pointer.read_text().strip()
@@ -154,6 +180,8 @@ def latest_checkpoint(root: Path) -> Path | None:
         if target and "/" not in target and target not in (".", ".."):
             candidates.append(root / target)
     steps = sorted((p for p in root.glob("step_*") if p.is_dir()), reverse=True)
+    if target.startswith("step_"):  # never fall forward past what latest names (e.g. a stale later run)
+        steps = [p for p in steps if p.name <= target]
     candidates += [p for p in steps if p not in candidates]
     if not candidates and not pointer.exists():
         return None

@@ -386,3 +386,11 @@ def test_kill_during_an_append_resumes(tmp_path):
     arr.resize((12, *arr.shape[1:]))
     _run(out, days=3)
     xr.testing.assert_identical(_load(out), ref)
+    # the same with the time coordinate itself appended before a data array (xarray's order is not fixed)
+    out2 = tmp_path / "torn2.zarr"
+    _run(out2, days=2)
+    group = zarr.open_group(str(out2), mode="r+", use_consolidated=False)
+    for name in ("time", "temperature"):
+        group[name].resize((12, *group[name].shape[1:]))
+    _run(out2, days=3)
+    xr.testing.assert_identical(_load(out2), ref)

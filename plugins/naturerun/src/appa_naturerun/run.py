@@ -99,9 +99,18 @@ def _store_times(out: Path) -> np.ndarray:
     # consolidated copy is stale and the other arrays may have other lengths
     import zarr
 
-    others = [n for n, _ in zarr.open_group(str(out), mode="r", use_consolidated=False).arrays() if n != "time"]
+    group = zarr.open_group(str(out), mode="r", use_consolidated=False)
+    others = [n for n, _ in group.arrays() if n != "time"]
     with xr.open_zarr(out, consolidated=False, chunks=None, decode_times=True, drop_variables=others) as ds:
-        return np.asarray(ds["time"].values).astype("datetime64[m]")
+        times = np.asarray(ds["time"].values).astype("datetime64[m]")
+    # the times every array holds: xarray appends arrays in no fixed order, so after a kill ``time`` itself may be
+    # longer than a data array
+    return times[: min([times.size, *(_time_length(arr) for _, arr in group.arrays())])]
+
+
+def _time_length(arr) -> int:  # type: ignore[no-untyped-def]
+    dims = list(arr.attrs.get("_ARRAY_DIMENSIONS") or getattr(arr.metadata, "dimension_names", None) or ())
+    return arr.shape[dims.index("time")] if "time" in dims else 2**62
 
 
 def truncate_store(out: str | Path, n_times: int) -> None:
@@ -118,7 +127,9 @@ def truncate_store(out: str | Path, n_times: int) -> None:
         dims = list(dims)
         if "time" in dims:
             k = dims.index("time")
-            if arr.shape[k] != n_times:
+            if arr.shape[k] < n_times:
+                raise ValueError(f"truncate_store: array {_name!r} of {out} has {arr.shape[k]} < {n_times} time steps")
+            if arr.shape[k] > n_times:  # only ever cut: growing would read fill values as data
                 shape = list(arr.shape)
                 shape[k] = n_times
                 arr.resize(tuple(shape))
