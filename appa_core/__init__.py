@@ -6,7 +6,7 @@ stay cheap)::
     import appa_core
 
     prior = appa_core.Prior.demo()                                   # or Prior.load(path), GaussianPrior(...)
-    sampler = appa_core.Sampler(prior, steps=32)
+    sampler = appa_core.Sampler(prior)                               # calibrated defaults (docs/sampler.md)
     post = sampler.posterior(obs=[...], start=t0, length=5, members=8)   # xarray.Dataset with a member dim
 """
 
