@@ -20,7 +20,7 @@ avoid cancellation in :math:`E[x^2]-E[x]^2`):
 
 Regenerate the bundled climatology (``appa_core/assets/climatology.zarr.zip``, about 1.5 MB) with::
 
-    python -m appa_core.baselines /work/data/naturerun_train.zarr --start 2000-01-01 --end 2000-11-30
+    python -m appa_core.baselines data/naturerun_train.zarr --start 2000-01-01 --end 2000-11-30
 
 (the demo prior's training split; see ``appa_core/assets/demo_prior/train.toml``).
 
@@ -318,7 +318,7 @@ def load_climatology() -> Climatology:
     if not ref.is_file():
         raise FileNotFoundError(
             f"load_climatology: the bundled asset {CLIMATOLOGY_NAME!r} is missing from appa_core/assets; regenerate "
-            "it with `python -m appa_core.baselines /work/data/naturerun_train.zarr`"
+            "it with `python -m appa_core.baselines data/naturerun_train.zarr`"
         )
     with importlib.resources.as_file(ref) as path:
         return Climatology.load(path)

@@ -404,7 +404,8 @@ class Sampler:
         ``qc.max_rejected`` of the observations fail."""
         qc = self.qc
         assert qc is not None
-        flags = bounds_flags(obs.operators, obs.slices, obs.values) if qc.bounds else np.zeros(obs.size, np.int8)
+        std = obs.noise.variance().sqrt()
+        flags = bounds_flags(obs.operators, obs.slices, obs.values, std) if qc.bounds else np.zeros(obs.size, np.int8)
         departure = np.full(obs.size, np.nan)
         if qc.background:
             bg_context = None if ctx is None else ctx[torch.arange(qc.members) % ctx.shape[0]]  # per-member contexts
@@ -419,7 +420,7 @@ class Sampler:
                     f"Sampler.posterior: quality control: operator(s) {bad} predict non-finite values for states "
                     "drawn from the prior; check the operator's forward map"
                 )
-            flags, departure = background_flags(obs.values, pred, obs.noise.variance(), qc.k, flags)
+            flags, departure = background_flags(obs.values, pred, obs.noise.variance(), qc.threshold(), flags)
         result = QCResult(flags, departure, dict(obs.slices))
         rejected = float((flags != 0).mean())
         if rejected > qc.max_rejected:

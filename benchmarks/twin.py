@@ -10,7 +10,7 @@ configuration, the prior's file hash) and PNG plots under ``docs/img/``. Run fro
 
 Setup (all methods see the same truth and, for the sampled methods, the same observations):
 
-* truth: ``/work/data/naturerun_heldout.zarr`` (nature-run seed 2), DEMO_SPEC channels, 48 x 96, 6-hourly.
+* truth: ``data/naturerun_heldout.zarr`` (nature-run seed 2), DEMO_SPEC channels, 48 x 96, 6-hourly.
 * start dates ``t0`` (00 UTC); observing systems ``sparse`` and ``dense``
   (:meth:`appa_core.observing.ObservingSystem.named`), simulated from the truth with ``--obs-seed``.
 * tasks: **reanalysis** over 6 / 24 / 48 h windows (2 / 5 / 9 states from ``t0``; 9 > K = 8 uses blankets),
@@ -33,7 +33,7 @@ Setup (all methods see the same truth and, for the sampled methods, the same obs
   fair CRPS (MAE for deterministic methods), spread and spread/skill ratio, aggregated over states and dates as
   mean squares (RMSE, spread) or means (CRPS).
 
-Every sampled output is cached under ``--cache`` (default ``/work/runs/twin``) as a zarr store keyed by the
+Every sampled output is cached under ``--cache`` (default ``runs/twin``) as a zarr store keyed by the
 method's configuration (and, for the prior, the hash of its files), so re-runs only compute what is missing and
 ``--methods enkf`` fills the EnKF rows later.
 """
@@ -69,10 +69,10 @@ from appa_core.sampler import Sampler, save_zarr, split_diagnostics  # noqa: E40
 from appa_core.state import dataset_to_tensor, tensor_to_dataset  # noqa: E402
 
 STEP = np.timedelta64(6, "h")
-TRUTH = "/work/data/naturerun_heldout.zarr"
-TRAIN = "/work/data/naturerun_train.zarr"
+TRUTH = "data/naturerun_heldout.zarr"
+TRAIN = "data/naturerun_train.zarr"
 TRAIN_SPLIT = ("2000-01-01", "2000-11-30T18")  # the demo prior's training split (train.toml)
-ENKF_CLI = "/work/venvs/naturerun/bin/appa-naturerun-enkf"
+ENKF_CLI = ".venv-naturerun/bin/appa-naturerun-enkf"
 METHODS = ("prior", "oi", "enkf", "climatology", "persistence", "unconditioned")
 SAMPLED = ("prior", "oi")
 #: label -> (variable, level, display factor, display unit)
@@ -138,7 +138,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="sampler seed")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     p.add_argument("--budget-min", type=float, default=None, help="start no new job after this many minutes")
-    p.add_argument("--cache", type=Path, default=Path("/work/runs/twin"))
+    p.add_argument("--cache", type=Path, default=Path("runs/twin"))
     p.add_argument("--docs", type=Path, default=ROOT / "docs")
     p.add_argument("--truth", default=TRUTH)
     p.add_argument("--train", default=TRAIN)
@@ -786,7 +786,7 @@ def write_report(r: Runner, rows: list[dict[str, Any]], walls: dict[str, list[fl
     w(
         f"```bash\nOMP_NUM_THREADS=1 {cmd}{extra}\n"
         f"{cmd} --report-only --prior-hash {r.phash[:10]}  # rebuilds this page from the cache\n"
-        "python -m appa_core.baselines /work/data/naturerun_train.zarr  # regenerates the bundled climatology\n```\n"
+        "python -m appa_core.baselines data/naturerun_train.zarr  # regenerates the bundled climatology\n```\n"
     )
     total = sum(sum(v) for v in walls.values()) + (r.oi_build_s or 0.0)
     w(

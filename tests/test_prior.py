@@ -195,7 +195,8 @@ def test_bundled_demo_prior_loads_and_reconstructs() -> None:
     assert size < 8 * 2**20
     prior = Prior.demo()
     assert prior.spec == DEMO_SPEC and prior.grid.shape == (48, 96) and prior.window == 8
-    assert prior.event_shape(8) == (8, 8, 12, 24)
+    assert prior.event_shape(8) == (8, 24, 24, 48)
+    assert prior.autoencoder.config.static_channels == 5 and float(prior.autoencoder.static[3].max()) > 1.0  # km
     assert prior.timestep == np.timedelta64(6, "h")
     z = torch.randn(1, *prior.event_shape(2))
     x = prior.decode(z)
@@ -214,7 +215,8 @@ def test_bundled_demo_prior_loads_and_reconstructs() -> None:
     with torch.no_grad():
         rec = prior.decode(prior.encode(truth))
     err = prior.standardize(rec) - prior.standardize(truth)
-    assert float(err.square().mean().sqrt()) < 0.5  # standardized RMSE of the demo autoencoder
+    # standardized RMSE of the demo autoencoder: 0.03 on the held-out run (docs/training.md); 0.45 for 0.1's prior
+    assert float(err.square().mean().sqrt()) < 0.06
 
 
 def test_tampered_config_is_refused(saved: tuple[Prior, Path], tmp_path: Path) -> None:

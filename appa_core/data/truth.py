@@ -14,7 +14,7 @@ so the round-off is at most ``scale_factor / 2`` per variable (about 0.001 K for
 
 Regenerate with (from the repository root)::
 
-    python -m appa_core.data /work/data/naturerun_heldout.zarr --days 4
+    python -m appa_core.data data/naturerun_heldout.zarr --days 4
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def load_truth_slice() -> xr.Dataset:
     if not resource.is_file():
         raise FileNotFoundError(
             f"load_truth_slice: the bundled asset {TRUTH_SLICE_NAME!r} is missing from appa_core/assets; regenerate "
-            "it with `python -m appa_core.data /work/data/naturerun_heldout.zarr --days 4`"
+            "it with `python -m appa_core.data data/naturerun_heldout.zarr --days 4`"
         )
     with importlib.resources.as_file(resource) as path:
         return read_truth_slice(path)

@@ -15,8 +15,12 @@ Two checks, both on by default in :class:`~appa_core.sampler.Sampler` (``qc=QC()
    .. math:: d_i = \frac{y_i - \overline{\mathcal H(x)}_i}{\sqrt{R_{ii} + B_{ii}}},\qquad
              B_{ii} = \mathrm{var}_n\,\mathcal H(x_n)_i,
 
-   must satisfy :math:`|d_i| \le k` (``k = 5`` by default; the first-guess check of operational centres uses
-   a similar multiple). It needs nothing of the operator but its forward map and noise variance.
+   must satisfy :math:`|d_i| \le k_N`: ``k = 5`` by default is the Gaussian-equivalent threshold (the first-guess
+   check of operational centres uses a similar multiple), and :math:`k_N = t_{N-1}^{-1}(\Phi(k))` its equivalent
+   for a variance estimated from :math:`N` members (Student-t with :math:`N - 1` degrees of freedom: 8.3 for the
+   default 16 members), so that a small ensemble's noisy spread does not reject good observations. It needs
+   nothing of the operator but its forward map and noise variance. Measured on the demo's 72,240 simulated (all
+   good) observations: with 8 members and a plain ``|d| <= 5``, 946 were rejected; with the default, none.
 
 Each row gets a flag (:data:`FLAG_PASS`, :data:`FLAG_BOUNDS`, :data:`FLAG_BACKGROUND`); rejected rows are left out
 of the guidance, and the posterior's diagnostics carry ``obs_<name>_qc`` and ``obs_<name>_departure``. When more than
@@ -78,6 +82,8 @@ PLAUSIBLE_RANGES: dict[str, tuple[float, float]] = {
 }
 
 _G = 9.80665
+#: Observation-error standard deviations by which the plausible range is widened for each observation.
+BOUNDS_MARGIN = 5.0
 
 
 def _standard_geopotential(p_hpa: np.ndarray) -> np.ndarray:
@@ -152,7 +158,7 @@ class QC:
     Attributes:
         bounds: run the plausibility check.
         background: run the background check against an unconditioned prior ensemble.
-        k: background-check threshold on :math:`|d_i|`.
+        k: Gaussian-equivalent background-check threshold on :math:`|d_i|` (see :meth:`threshold`).
         members, steps: size and diffusion steps (LMS) of the background ensemble.
         max_rejected: stop with :class:`QCError` when a larger fraction of all observations is rejected.
     """
@@ -160,9 +166,16 @@ class QC:
     bounds: bool = True
     background: bool = True
     k: float = 5.0
-    members: int = 8
+    members: int = 16
     steps: int = 10
     max_rejected: float = 0.5
+
+    def threshold(self) -> float:
+        """The threshold on :math:`|d_i|` with a variance from ``members`` draws: the Student-t quantile with
+        ``members - 1`` degrees of freedom at the Gaussian probability of ``k``."""
+        from scipy import stats
+
+        return float(stats.t.ppf(stats.norm.cdf(self.k), self.members - 1))
 
     def __attrs_post_init__(self) -> None:
         if not self.k > 0:
@@ -213,15 +226,21 @@ class QCResult:
         return "\n".join(lines) if lines else f"QC: all {self.flags.size} observations passed"
 
 
-def bounds_flags(operators: Sequence[object], slices: dict[str, slice], values: Tensor) -> np.ndarray:
-    """:data:`FLAG_BOUNDS` where an operator's ``bounds()`` excludes its value, else :data:`FLAG_PASS`."""
+def bounds_flags(
+    operators: Sequence[object], slices: dict[str, slice], values: Tensor, obs_std: Tensor | None = None
+) -> np.ndarray:
+    """:data:`FLAG_BOUNDS` where an operator's ``bounds()`` excludes its value by more than :data:`BOUNDS_MARGIN`
+    observation-error standard deviations (a noisy observation of a bounded quantity, such as humidity near 0, may
+    fall slightly outside), else :data:`FLAG_PASS`."""
     y = values.detach().cpu().numpy()
+    margin = np.zeros(y.size) if obs_std is None else BOUNDS_MARGIN * obs_std.detach().cpu().numpy()
     flags = np.zeros(y.size, dtype=np.int8)
     for op, s in zip(operators, slices.values(), strict=True):
         b = op.bounds()  # type: ignore[attr-defined]
         if b is None:
             continue
         lo, hi = (np.asarray(v, dtype=np.float64).reshape(-1) for v in b)
+        lo, hi = lo - margin[s], hi + margin[s]
         ys = y[s]
         bad = (~np.isnan(lo) & (ys < lo)) | (~np.isnan(hi) & (ys > hi))
         flags[s.start : s.stop][bad] = FLAG_BOUNDS

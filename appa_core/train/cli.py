@@ -3,8 +3,8 @@
 Examples::
 
     appa train prior --config train.toml --data naturerun_train.zarr --out runs/demo   # both stages, resumable
-    appa train autoencoder --config demo.toml --data /work/data/naturerun_train.zarr --out runs/ae
-    appa train denoiser --config demo.toml --data /work/data/naturerun_train.zarr --autoencoder runs/ae \\
+    appa train autoencoder --config demo.toml --data data/naturerun_train.zarr --out runs/ae
+    appa train denoiser --config demo.toml --data data/naturerun_train.zarr --autoencoder runs/ae \\
         --out runs/den
     torchrun --nproc_per_node 8 -m appa_core.train.cli autoencoder --config paper.toml --data era5.zarr --out runs/ae
 """

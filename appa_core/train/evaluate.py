@@ -3,7 +3,7 @@
 Used to produce the numbers of ``docs/training.md``::
 
     python -m appa_core.train.evaluate --prior appa_core/assets/demo_prior \\
-        --data /work/data/naturerun_heldout.zarr --out docs/ --samples 8
+        --data data/naturerun_heldout.zarr --out docs/ --samples 8
 """
 
 from __future__ import annotations
