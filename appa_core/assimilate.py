@@ -56,6 +56,7 @@ from torch import Tensor
 from appa_core.diffusion.denoiser import DiffusionPrior
 from appa_core.grid import Grid
 from appa_core.obs.base import ObsOperator
+from appa_core.sampler import Sampler
 from appa_core.spec import StateSpec
 
 __all__ = [
@@ -92,7 +93,7 @@ _TASK_KEYS = ("kind", "horizon", "members", "seed", "context", "device", "qc", *
 _OUTPUT_KEYS = ("dir",)
 _SOURCES = ("reader", "operator", "observing_system")
 _ENTRY_COMMON = ("simulate", "noise")
-_DEFAULT_STEPS = 24  # the calibrated default of Sampler (docs/sampler.md)
+_DEFAULT_STEPS: int = attrs.fields(Sampler).steps.default  # the calibrated default (docs/sampler.md)
 _DEFAULT_MEMBERS = 4
 
 
@@ -984,7 +985,7 @@ def run(
         echo: where the summary goes (``None``: silent).
     """
     from appa_core.obs.obsset import ObsSet
-    from appa_core.sampler import Sampler, save_zarr
+    from appa_core.sampler import save_zarr
 
     say = echo or (lambda _: None)
     t_start = time.perf_counter()

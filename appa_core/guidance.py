@@ -419,8 +419,10 @@ class PosteriorDenoiser:
         row_range: ``(tmin, tmax)`` per row of ``obs`` (see :func:`observation_time_ranges`).
         row_allowed: bool ``[M_obs]``: rows this call may use (autoregressive chunks use each row once).
         guidance: :class:`MMPS`, :class:`DPS` or ``None`` (unguided).
-        on_failure: ``"warn"`` (collect unconverged solves in :attr:`failures`; the sampler warns once),
+        on_failure: ``"warn"`` (unconverged solves are listed in :attr:`failures`; the sampler warns once),
             ``"raise"`` (raise :class:`GuidanceError` at once) or ``"ignore"``.
+
+    Every guided call's :class:`GuidanceReport` is kept in :attr:`reports`.
     """
 
     def __init__(
@@ -446,7 +448,6 @@ class PosteriorDenoiser:
         self.offset, self.length = int(offset), int(length)
         self.obs, self.known, self.guidance, self.on_failure = obs, known, guidance, on_failure
         self.step: int = 0
-        self.failures: list[GuidanceReport] = []
         self.reports: list[GuidanceReport] = []
         self.calls = 0
         frame_len = len(frame_times)
@@ -483,6 +484,11 @@ class PosteriorDenoiser:
         self._unit_rows = None
         if known is not None:
             self._unit_rows = torch.cat([torch.zeros(m_obs), torch.ones(m_k)]).to(torch.float64)
+
+    @property
+    def failures(self) -> list[GuidanceReport]:
+        """The reports of unconverged solves (empty with ``on_failure="ignore"``)."""
+        return [] if self.on_failure == "ignore" else [r for r in self.reports if not r.converged]
 
     # -------------------------------------------------------------- helpers
     def _fill_state(self, like: Tensor) -> Tensor:
@@ -560,10 +566,8 @@ class PosteriorDenoiser:
                     zw, zh, y_hat, self._observe, y, self.noise, sig_wb, mask, self.names, where, self._unit_rows
                 )
                 self.reports.append(report)
-                if not report.converged and self.on_failure != "ignore":
-                    if self.on_failure == "raise":
-                        raise GuidanceError(_failure_message([report], self.calls, self.guidance))
-                    self.failures.append(report)
+                if not report.converged and self.on_failure == "raise":
+                    raise GuidanceError(_failure_message([report], self.calls, self.guidance))
             else:
                 out = zh.detach()
         parts = [out[i, :, lo - a : hi - a] for i, (a, (lo, hi)) in enumerate(zip(self.starts, self.keep, strict=True))]

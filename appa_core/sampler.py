@@ -322,7 +322,7 @@ class Sampler:
 
         qc_result = None
         if obsset is not None and self.qc is not None and self.guidance != "none":
-            qc_result = self._quality_control(obsset, t0, length, seed, context, ctx, frame_times)
+            qc_result = self._quality_control(obsset, t0, length, seed, ctx)
         qc_ok = None if qc_result is None else qc_result.passed
 
         unconverged = 0
@@ -396,16 +396,18 @@ class Sampler:
         start: np.datetime64,
         length: int,
         seed: int | None,
-        context: object,
         ctx: Tensor | None,
-        frame_times: np.ndarray,
     ) -> QCResult:
         """Plausibility and background checks (:mod:`appa_core.obs.qc`); raises :class:`QCError` when more than
         ``qc.max_rejected`` of the observations fail."""
         qc = self.qc
         assert qc is not None
-        std = obs.noise.variance().sqrt()
-        flags = bounds_flags(obs.operators, obs.slices, obs.values, std) if qc.bounds else np.zeros(obs.size, np.int8)
+        var = obs.noise.variance()
+        flags = (
+            bounds_flags(obs.operators, obs.slices, obs.values, var.sqrt())
+            if qc.bounds
+            else np.zeros(obs.size, np.int8)
+        )
         departure = np.full(obs.size, np.nan)
         if qc.background:
             bg_context = None if ctx is None else ctx[torch.arange(qc.members) % ctx.shape[0]]  # per-member contexts
@@ -420,7 +422,7 @@ class Sampler:
                     f"Sampler.posterior: quality control: operator(s) {bad} predict non-finite values for states "
                     "drawn from the prior; check the operator's forward map"
                 )
-            flags, departure = background_flags(obs.values, pred, obs.noise.variance(), qc.threshold(), flags)
+            flags, departure = background_flags(obs.values, pred, var, qc.threshold(), flags)
         result = QCResult(flags, departure, dict(obs.slices))
         rejected = float((flags != 0).mean())
         if rejected > qc.max_rejected:
