@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import importlib.resources
 
+import attrs
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 import xarray as xr
-from _guided_helpers import PointPick
-
-from appa_core.baselines import (
+from appa_workflows.baselines import (
     CLIMATOLOGY_NAME,
     Climatology,
     _SharedSigmaGaussianPrior,
@@ -19,13 +19,36 @@ from appa_core.baselines import (
     oi_prior,
     persistence,
 )
+
 from appa_core.data import DEMO_SPEC, TrajectoryWindows, synthetic_wb2
 from appa_core.gaussian import GaussianPrior, LowRankDiag
 from appa_core.grid import Grid
 from appa_core.noise import DiagonalGaussian
+from appa_core.obs import SparseLinearOperator
 from appa_core.sampler import Sampler
 from appa_core.spec import StateSpec
 from appa_core.state import dataset_to_tensor, tensor_to_dataset
+
+
+@attrs.define(kw_only=True, eq=False)
+class PointPick(SparseLinearOperator):
+    """Observes flat state entries ``x.reshape(-1)[index]`` (the OI test's operator)."""
+
+    index: np.ndarray = attrs.field(converter=lambda v: np.asarray(v, dtype=np.int64))
+    obs: np.ndarray = attrs.field(converter=lambda v: np.asarray(v, dtype=np.float64))
+
+    @property
+    def size(self) -> int:
+        return int(self.index.size)
+
+    @property
+    def values(self) -> torch.Tensor:
+        return torch.as_tensor(self.obs)
+
+    def _prepare(self, grid: Grid, spec: StateSpec, times: np.ndarray) -> None:
+        d = times.size * spec.n_channels * grid.shape[0] * grid.shape[1]
+        self._set_matrix(sp.csr_array((np.ones(self.size), (np.arange(self.size), self.index)), shape=(self.size, d)))
+
 
 SPEC = StateSpec(surface=("2m_temperature",), atmospheric=("temperature",), levels=(500, 850))
 GRID = Grid.equiangular(4, 8, poles=False)
@@ -244,7 +267,7 @@ def test_oi_posterior_mean_beats_the_prior_mean() -> None:
 
 def test_low_rank_cov_is_positive_with_unit_standardized_variance() -> None:
     x = torch.randn(30, 40, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 3 + 1
-    from appa_core.baselines import _low_rank_cov
+    from appa_workflows.baselines import _low_rank_cov
 
     mean, cov = _low_rank_cov(x.float(), rank=5, min_var=1e-3)
     assert isinstance(cov, LowRankDiag)
