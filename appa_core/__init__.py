@@ -36,6 +36,7 @@ _EXPORTS: dict[str, str] = {
     "ObsOperator": "appa_core.obs",
     "ObsSet": "appa_core.obs",
     "SparseLinearOperator": "appa_core.obs",
+    # deprecated (moved to appa_workflows.observing; importing the old path warns): not in __all__
     "ObservingSystem": "appa_core.observing",
     "NoiseModel": "appa_core.noise",
     "DiagonalGaussian": "appa_core.noise",
@@ -73,7 +74,6 @@ __all__ = [
     "NormStats",
     "ObsOperator",
     "ObsSet",
-    "ObservingSystem",
     "Prior",
     "Sampler",
     "SparseLinearOperator",
@@ -110,7 +110,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from appa_core.metrics import score_table
     from appa_core.noise import BlockDiagonal, CorrelatedGaussian, DiagonalGaussian, Huber, NoiseModel, StudentT
     from appa_core.obs import ObsOperator, ObsSet, SparseLinearOperator
-    from appa_core.observing import ObservingSystem
     from appa_core.plugins import get_registry, hookimpl
     from appa_core.prior import Prior
     from appa_core.sampler import Sampler, save_zarr

@@ -123,7 +123,7 @@ def _perturbed(rng, scale):
 
 
 def test_run_enkf_with_fake_model_reduces_error(tmp_path):
-    from appa_core.observing import ObservingSystem
+    from appa_workflows.observing import ObservingSystem
 
     t0 = np.datetime64("2000-03-01T00:00")
     start = {k: np.roll(v, -1, axis=1) for k, v in _base_state().items()}  # truth at t0 - 6 h

@@ -1,4 +1,4 @@
-"""Tests for appa_core.letkf: exact Kalman equivalence, localisation limits, and a Lorenz-96 twin experiment."""
+"""Tests for appa_naturerun.letkf: exact Kalman equivalence, localisation limits, and a Lorenz-96 twin experiment."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from appa_core.grid import Grid
-from appa_core.letkf import (
+from appa_naturerun.letkf import (
     apply_weights,
     etkf,
     etkf_weights,

@@ -19,8 +19,8 @@ import pandas as pd
 import pytest
 import torch
 import xarray as xr
+from appa_workflows.assimilate import AssimilateConfig, ConfigError, load_config, main, run
 
-from appa_core.assimilate import AssimilateConfig, ConfigError, load_config, main, run
 from appa_core.data import load_truth_slice
 
 START = "2000-01-30T00:00"
@@ -396,7 +396,7 @@ def test_synthetic_operators_from_the_truth(tmp_path: Path, truth: xr.Dataset) -
 
 @attrs.define
 class _FakeSystem:
-    """Stands in for ``appa_core.observing.ObservingSystem`` presets: records what ``build`` receives."""
+    """Stands in for ``appa_workflows.observing.ObservingSystem`` presets: records what ``build`` receives."""
 
     n_stations: int = 0
     calls: ClassVar[list[dict[str, Any]]] = []
@@ -408,7 +408,7 @@ class _FakeSystem:
 
 
 def _fake_observing(monkeypatch: pytest.MonkeyPatch, ops: list[Any]) -> None:
-    module = types.ModuleType("appa_core.observing")
+    module = types.ModuleType("appa_workflows.observing")
 
     class ObservingSystem:
         @staticmethod
@@ -416,7 +416,7 @@ def _fake_observing(monkeypatch: pytest.MonkeyPatch, ops: list[Any]) -> None:
             return _FakeSystem()
 
     module.ObservingSystem = ObservingSystem  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "appa_core.observing", module)
+    monkeypatch.setitem(sys.modules, "appa_workflows.observing", module)
     _FakeSystem.calls, _FakeSystem.ops = [], ops
 
 
@@ -437,13 +437,13 @@ def test_observing_system_gets_the_window_truth_and_noise_override(
     assert isinstance(built.noise, Huber) and built.noise.c == 1.5
     np.testing.assert_allclose(built.noise.std.numpy(), [2.0, 2.0])
 
-    monkeypatch.setitem(sys.modules, "appa_core.observing", None)  # not importable
-    with pytest.raises(ConfigError, match=r"#1 \(observing_system 'sparse'\) needs appa_core.observing"):
+    monkeypatch.setitem(sys.modules, "appa_workflows.observing", None)  # not importable
+    with pytest.raises(ConfigError, match=r"#1 \(observing_system 'sparse'\) needs appa_workflows.observing"):
         _check(tmp_path, base_config(tmp_path / "out", observations=obs))
 
 
 def test_real_observing_system_builds(tmp_path: Path) -> None:
-    pytest.importorskip("appa_core.observing")
+    pytest.importorskip("appa_workflows.observing")
     cfg = base_config(tmp_path / "out", observations=[{"observing_system": "sparse"}])
     cfg["prior"] = {k: v for k, v in gaussian_prior().items() if k != "spec"}  # all demo variables
     cfg["prior"] |= {"spatial_stride": 4, "samples": 3, "rank": 2}

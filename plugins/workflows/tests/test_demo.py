@@ -15,7 +15,7 @@ def test_demo_writes_posterior_scores_and_maps(tmp_path: Path) -> None:
     """The README's claim at small settings: the posterior mean beats the unassimilated prior and climatology on
     all 8 headline variables (measured here with seeds 0 and 1, and with stations + sondes only), the ensemble's
     spread/skill is within [0.5, 2], QC passes (nearly) every simulated observation, and every solve is reported."""
-    from appa_core.demo import main
+    from appa_workflows.demo import main
 
     out = tmp_path / "demo"
     rc = main(["--out", str(out), "--members", "4", "--steps", "8", "--hours", "6", "--no-progress"])
@@ -40,7 +40,7 @@ def test_demo_writes_posterior_scores_and_maps(tmp_path: Path) -> None:
 
 
 def test_demo_refuses_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from appa_core.demo import main
+    from appa_workflows.demo import main
 
     assert main(["--out", str(tmp_path), "--members", "1"]) == 2
     assert "--members has value 1" in capsys.readouterr().err

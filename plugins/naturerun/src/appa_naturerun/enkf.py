@@ -7,10 +7,10 @@ is uncertain. One 6-hour cycle ending at ``t``:
 2. each member's output is converted to the WeatherBench2 layout with :func:`appa_naturerun.convert.convert_chunk`
    and gathered on the state spec's channels (default ``appa_core.data.DEMO_SPEC``);
 3. the observations of the window ``[t - 6 h, t]`` are simulated from the truth store by
-   :class:`appa_core.observing.ObservingSystem` (seed ``seed`` + cycle index) and evaluated 4-D on each member's
+   :class:`appa_workflows.observing.ObservingSystem` (seed ``seed`` + cycle index) and evaluated 4-D on each member's
    window ``[analysis at t - 6 h, background at t]`` (asynchronous observations are interpolated in time by the
    operators); observations at exactly ``t - 6 h`` were used by the previous cycle and are dropped;
-4. LETKF weights ``[H, W, N, N]`` per WB2 column (:func:`appa_core.letkf.letkf`, Gaspari-Cohn R-localisation,
+4. LETKF weights ``[H, W, N, N]`` per WB2 column (:func:`appa_naturerun.letkf.letkf`, Gaspari-Cohn R-localisation,
    multiplicative inflation + RTPP, diagonal R, a gross-error check);
 5. the weights are applied (a) to the members' WB2 fields: the analysis written to ``analysis.zarr``, and (b) to the
    members' **model state**: every spectral prognostic (vorticity, divergence, temperature variation, log surface
@@ -326,7 +326,7 @@ def run_enkf(
         truth: WB2-layout truth store (lazy is fine) covering ``t0 .. t0 + 6 h * cycles + forecast_hours``.
         out: output directory; writes ``analysis.zarr``, ``forecast.zarr`` (if ``forecast_hours``) and
             ``summary.json``.
-        observing: an :class:`appa_core.observing.ObservingSystem`.
+        observing: an :class:`appa_workflows.observing.ObservingSystem`.
         spec: the state spec of the written fields and of the observations (default ``DEMO_SPEC``).
         radius_km, inflation, rtpp: LETKF settings; gross_error: reject observations whose innovation exceeds
             ``gross_error * sqrt(r + var(HX))``.
@@ -337,8 +337,8 @@ def run_enkf(
     import torch
 
     from appa_core.data import DEMO_SPEC
-    from appa_core.letkf import letkf
     from appa_core.state import dataset_to_tensor, tensor_to_dataset
+    from appa_naturerun.letkf import letkf
 
     spec = spec or DEMO_SPEC
     levels = list(levels or sorted({int(v) for v in truth["level"].values}))
@@ -528,9 +528,9 @@ def enkf_main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     import torch
+    from appa_workflows.observing import ObservingSystem
 
     from appa_core.data import DEMO_SPEC
-    from appa_core.observing import ObservingSystem
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     start = np.datetime64(a.start, "m")

@@ -14,7 +14,7 @@ with a full example per task, is in ``docs/assimilate.md``; the short form::
     [[observations]]   reader = "station_csv" | "ioda" | ...,  path, variable, ...        (files, via the registry)
                        operator = "station" | "swath" | "radiance" | "pressure_level" | "masked_field" | ...,
                            keyword fields, simulate = true                                  (synthetic)
-                       observing_system = "sparse" | "dense" | "demo"                       (appa_core.observing)
+                       observing_system = "sparse" | "dense" | "demo"                       (appa_workflows.observing)
                        noise = {kind = "huber", std = 1.0, c = 1.345}                       (any entry)
     [output]           dir = "runs/reanalysis"
 
@@ -72,7 +72,7 @@ __all__ = [
 
 #: The tasks of ``[task] kind``.
 TASKS = ("reanalysis", "filtering", "forecast")
-#: Observing-system presets of ``observing_system = ...`` (``appa_core.observing.ObservingSystem``).
+#: Observing-system presets of ``observing_system = ...`` (``appa_workflows.observing.ObservingSystem``).
 OBSERVING_PRESETS = ("sparse", "dense", "demo")
 
 _OWNER = "AssimilateConfig"
@@ -923,9 +923,11 @@ def _simulated_field(
 
 def _from_observing(cfg: AssimilateConfig, oc: ObservationConfig, layout: _Layout) -> list[ObsOperator]:
     try:
-        observing = importlib.import_module("appa_core.observing")
+        observing = importlib.import_module("appa_workflows.observing")
     except ImportError as exc:
-        raise ConfigError(f"{_OWNER}: {oc.where} needs appa_core.observing, which cannot be imported: {exc}") from exc
+        raise ConfigError(
+            f"{_OWNER}: {oc.where} needs appa_workflows.observing, which cannot be imported: {exc}"
+        ) from exc
     system_cls = observing.ObservingSystem
     factory = getattr(system_cls, oc.name, None) if oc.name in OBSERVING_PRESETS else None
     if not callable(factory):

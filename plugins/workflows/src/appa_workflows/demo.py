@@ -46,7 +46,7 @@ def _row(name: str, level: int | None) -> str:
 
 
 def _observing_system(families: set[str]):  # type: ignore[no-untyped-def]
-    from appa_core.observing import ObservingSystem
+    from appa_workflows.observing import ObservingSystem
 
     unknown = families - set(FAMILIES)
     if unknown:
@@ -205,7 +205,7 @@ def run_demo(
     prior_scores = _scores(prior_ens, truth)
     clim_scores = None
     try:
-        from appa_core.baselines import load_climatology
+        from appa_workflows.baselines import load_climatology
 
         clim_scores = _scores(load_climatology().forecast(times), truth)
     except (ImportError, FileNotFoundError, AttributeError) as exc:  # pragma: no cover - asset missing
@@ -246,7 +246,7 @@ def run_demo(
         )
     )
     if "appa_qc" in posterior.attrs:
-        from appa_core.assimilate import qc_summary
+        from appa_workflows.assimilate import qc_summary
 
         print(qc_summary(json.loads(posterior.attrs["appa_qc"])))
     if "appa_solve" in posterior.attrs:
