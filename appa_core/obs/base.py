@@ -17,6 +17,7 @@ with a sparse ``A`` ``[M, T*C*H*W]`` (``matrix()``), acting on ``x[b].reshape(-1
 from __future__ import annotations
 
 import abc
+import re
 from typing import ClassVar, Self
 
 import attrs
@@ -64,8 +65,14 @@ class ObsOperator(abc.ABC):
 
     Attributes:
         noise: the noise model of this operator's observations; ``None`` picks :meth:`default_noise`. It is bound
-            to the operator's ``M`` observations at construction.
+            to the operator's ``M`` observations at construction. A default noise model is recomputed by
+            :meth:`with_values` and :meth:`simulate` (it may depend on the values, e.g. a relative error); a noise
+            model given explicitly is kept.
         name: a label for diagnostics (defaults to the class name).
+
+    Caches computed in ``_prepare`` must be declared as fields, e.g.
+    ``_weights: np.ndarray | None = attrs.field(default=None, init=False, repr=False)``: operators are slotted attrs
+    classes, which refuse undeclared attributes (:meth:`prepare` says so by name).
     """
 
     noise: NoiseModel | None = attrs.field(default=None)
@@ -79,6 +86,7 @@ class ObsOperator(abc.ABC):
     grid: Grid | None = attrs.field(default=None, init=False, repr=False)
     spec: StateSpec | None = attrs.field(default=None, init=False, repr=False)
     window: np.ndarray | None = attrs.field(default=None, init=False, repr=False)
+    _noise_is_default: bool = attrs.field(default=False, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.name is None:
@@ -86,6 +94,7 @@ class ObsOperator(abc.ABC):
         self.validate()
         if self.noise is None:
             self.noise = self.default_noise()
+            self._noise_is_default = True
         if not isinstance(self.noise, NoiseModel):
             raise TypeError(f"{self.name}: field 'noise' must be a NoiseModel, got {type(self.noise).__name__}")
         self.noise = self.noise.expand(self.size)
@@ -148,7 +157,17 @@ class ObsOperator(abc.ABC):
         window = to_datetime64(f"{self.name}.prepare", "times", times)
         if window.size > 1 and np.any(np.diff(window.astype("int64")) <= 0):
             raise ValueError(f"{self.name}.prepare: field 'times' must be strictly increasing, got {window}")
-        self._prepare(grid, spec, window)
+        try:
+            self._prepare(grid, spec, window)
+        except AttributeError as exc:
+            undeclared = _undeclared_attribute(self, exc)
+            if undeclared is None:
+                raise
+            raise AttributeError(
+                f"{self.name}: _prepare set the attribute {undeclared!r}, which {type(self).__name__} does not "
+                f"declare; operators are slotted attrs classes, so declare caches as fields: "
+                f"`{undeclared}: object = attrs.field(default=None, init=False, repr=False)` (docs/plugins.md)"
+            ) from exc
         self.grid, self.spec, self.window = grid, spec, window
         return self
 
@@ -172,10 +191,19 @@ class ObsOperator(abc.ABC):
         raise TypeError(f"{self.name}: operator is nonlinear and has no matrix")
 
     def with_values(self, values: object) -> Self:
-        """A copy of this operator observing ``values`` ``[M]`` (same locations, times and noise).
+        """A copy of this operator observing ``values`` ``[M]`` (same locations and times).
 
-        The copy is prepared on the same grid, spec and window if this operator was.
+        The copy keeps a noise model given explicitly; a default one (``noise=None`` at construction) is
+        recomputed from the new values by :meth:`default_noise`. It is prepared on the same grid, spec and window
+        if this operator was.
         """
+        new = self._evolve_values(values)
+        if self.prepared:
+            new._adopt_prepared(self)
+        return new
+
+    def _evolve_values(self, values: object) -> Self:
+        """An unprepared copy observing ``values`` (see :meth:`with_values`)."""
         if self.values_field is None:
             raise TypeError(f"{self.name}: {type(self).__name__} cannot be rebuilt from a flat vector of values")
         flat = np.asarray(torch.as_tensor(values).detach().cpu(), dtype=np.float64).reshape(-1)
@@ -183,10 +211,10 @@ class ObsOperator(abc.ABC):
             raise ValueError(f"{self.name}: field 'values' has {flat.size} values but the operator has {self.size}")
         field = next(a for a in attrs.fields(type(self)) if a.alias == self.values_field)
         current = np.shape(np.asarray(getattr(self, field.name), dtype=object))
-        new = attrs.evolve(self, **{self.values_field: flat.reshape(current)})
-        if self.prepared:
-            new._adopt_prepared(self)
-        return new
+        changes: dict[str, object] = {self.values_field: flat.reshape(current)}
+        if self._noise_is_default:
+            changes["noise"] = None
+        return attrs.evolve(self, **changes)
 
     def _adopt_prepared(self, other: Self) -> None:
         """Prepare this copy as ``other`` is (same locations and times, other values).
@@ -215,7 +243,10 @@ class ObsOperator(abc.ABC):
             generator: torch generator for reproducible noise.
 
         Returns:
-            the new operator, prepared on ``(grid, spec, times)``.
+            the new operator, prepared on ``(grid, spec, times)``. With a default noise model, :math:`\epsilon`
+            is drawn from the default noise at the exact values :math:`\mathcal{H}(x)` and the returned operator's
+            noise is the default at its own values :math:`\mathcal{H}(x) + \epsilon`; an explicit noise model is
+            used and kept as it is.
         """
         x = torch.as_tensor(np.asarray(truth) if not isinstance(truth, Tensor) else truth).to(torch.float64)
         if x.ndim == 4:
@@ -226,9 +257,18 @@ class ObsOperator(abc.ABC):
         with torch.no_grad():
             y = self(x)[0]
             if noise:
-                assert self.noise is not None
-                y = y + self.noise.sample((), generator=generator, dtype=torch.float64)
+                model = self._evolve_values(y).noise if self._noise_is_default else self.noise
+                assert model is not None
+                y = y + model.sample((), generator=generator, dtype=torch.float64)
         return self.with_values(y)
+
+
+def _undeclared_attribute(op: ObsOperator, exc: AttributeError) -> str | None:
+    """The attribute name if ``exc`` is the slotted-class refusal of an undeclared attribute of ``op``."""
+    match = re.fullmatch(r"'(\w+)' object has no attribute '(\w+)'", str(exc))
+    if match is None or match.group(1) != type(op).__name__ or hasattr(type(op), match.group(2)):
+        return None
+    return match.group(2)
 
 
 @attrs.define(kw_only=True, eq=False)

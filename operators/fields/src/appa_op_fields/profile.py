@@ -21,30 +21,15 @@ from typing import Any
 
 import attrs
 import numpy as np
-import torch
-from torch import Tensor
 
 from appa_core.grid import Grid
 from appa_core.noise import DiagonalGaussian, NoiseModel, default_errors
-from appa_core.obs import SparseLinearOperator, time_interpolation
-from appa_core.obs.interp import bilinear_weights, nearest_weights, product_stencil_matrix
-from appa_core.obs.validate import (
-    broadcast_floats,
-    broadcast_strings,
-    check_finite,
-    check_lat,
-    check_lon,
-    check_nonempty,
-    check_positive,
-    check_same_length,
-    to_datetime64,
-    to_float_array,
-)
+from appa_core.obs import PointOperator
+from appa_core.obs.validate import broadcast_floats, check_positive
 from appa_core.spec import StateSpec
 
 __all__ = ["PressureLevelOp", "log_pressure_weights"]
 
-_METHODS = ("bilinear", "nearest")
 _OUT_OF_RANGE = ("clamp", "error")
 
 
@@ -72,10 +57,11 @@ def log_pressure_weights(levels: Sequence[float], pressure: np.ndarray) -> tuple
 
 
 @attrs.define(kw_only=True, eq=False)
-class PressureLevelOp(SparseLinearOperator):
+class PressureLevelOp(PointOperator):
     """Profile observations at arbitrary pressures, interpolated in log-pressure between model levels.
 
-    Every per-observation field accepts a scalar (broadcast) or an array ``[M]``; ``value`` fixes ``M``.
+    A :class:`~appa_core.obs.PointOperator`: every per-observation field accepts a scalar (broadcast) or an array
+    ``[M]``; ``value`` fixes ``M``.
 
     Attributes:
         variable: atmospheric variable per observation (e.g. ``"temperature"``), or one for all.
@@ -91,19 +77,8 @@ class PressureLevelOp(SparseLinearOperator):
             level; ``"error"`` refuses such pressures at ``prepare``.
     """
 
-    variable: str | Sequence[str] | np.ndarray = attrs.field()
     pressure: Any = attrs.field()
-    lat: Any = attrs.field()
-    lon: Any = attrs.field()
-    time: Any = attrs.field()
-    value: Any = attrs.field()
-    error: Any = attrs.field(default=None)
-    station_id: Any = attrs.field(default=None)
-    method: str = attrs.field(default="bilinear")
     out_of_range: str = attrs.field(default="clamp")
-
-    _names: list[str] = attrs.field(factory=list, init=False, repr=False)
-    _codes: np.ndarray = attrs.field(default=None, init=False, repr=False)
 
     @classmethod
     def example(cls) -> tuple[PressureLevelOp, Grid, StateSpec, np.ndarray]:
@@ -123,70 +98,31 @@ class PressureLevelOp(SparseLinearOperator):
         )
         return op, grid, spec, times
 
-    def validate(self) -> None:
-        owner = str(self.name)
-        value = np.atleast_1d(to_float_array(owner, "value", self.value, ndim=None))
-        if value.ndim != 1:
-            raise ValueError(f"{owner}: field 'value' must be 1-D, got shape {value.shape}")
-        check_nonempty(owner, "value", value)
-        m = value.size
-        arrays: dict[str, np.ndarray] = {
-            "value": value,
-            "pressure": broadcast_floats(owner, "pressure", self.pressure, m),
-            "lat": broadcast_floats(owner, "lat", self.lat, m),
-            "lon": broadcast_floats(owner, "lon", self.lon, m),
-        }
-        if isinstance(self.variable, str):  # fast path: one variable for all observations
-            arrays["variable"] = np.full(m, self.variable)
-            names, codes = [self.variable], np.zeros(m, dtype=np.int64)
-        else:
-            arrays["variable"] = broadcast_strings(owner, "variable", self.variable, m)
-            unique, codes = np.unique(arrays["variable"], return_inverse=True)
-            names = [str(v) for v in unique]
-        time = to_datetime64(owner, "time", self.time)
-        arrays["time"] = np.repeat(time, m) if time.size == 1 and m > 1 else time
-        if self.error is not None:
-            arrays["error"] = broadcast_floats(owner, "error", self.error, m)
-        if self.station_id is not None:
-            arrays["station_id"] = broadcast_strings(owner, "station_id", self.station_id, m)
-        check_same_length(owner, **arrays)
-        check_finite(owner, "value", value)
-        check_positive(owner, "pressure", arrays["pressure"])
-        if arrays["pressure"].max() > 1100.0:  # the deepest surface pressure on Earth is ~1085 hPa
-            i = int(np.argmax(arrays["pressure"]))
+    def _point_fields(self, owner: str, m: int) -> dict[str, np.ndarray]:
+        return {"pressure": broadcast_floats(owner, "pressure", self.pressure, m)}
+
+    def _validate_point_fields(self, owner: str, arrays: dict[str, np.ndarray]) -> None:
+        pressure = arrays["pressure"]
+        check_positive(owner, "pressure", pressure)
+        if pressure.max() > 1100.0:  # the deepest surface pressure on Earth is ~1085 hPa
+            i = int(np.argmax(pressure))
             raise ValueError(
-                f"{owner}: field 'pressure' has value {arrays['pressure'][i]:g} at index {i}, above 1100 hPa; "
+                f"{owner}: field 'pressure' has value {pressure[i]:g} at index {i}, above 1100 hPa; "
                 "pressures are in hPa (was it given in Pa?)"
             )
-        check_lat(owner, arrays["lat"])
-        check_lon(owner, arrays["lon"])
-        if "error" in arrays:
-            check_positive(owner, "error", arrays["error"])
-        if self.method not in _METHODS:
-            raise ValueError(f"{owner}: field 'method' has value {self.method!r}; use one of {list(_METHODS)}")
         if self.out_of_range not in _OUT_OF_RANGE:
             raise ValueError(
                 f"{owner}: field 'out_of_range' has value {self.out_of_range!r}; use one of {list(_OUT_OF_RANGE)}"
             )
-        self.value, self.pressure, self.lat, self.lon = value, arrays["pressure"], arrays["lat"], arrays["lon"]
-        self.variable, self.time = arrays["variable"], arrays["time"]
-        self.error, self.station_id = arrays.get("error"), arrays.get("station_id")
-        self._names, self._codes = names, codes.reshape(-1)
+        self.pressure = pressure
 
     def default_noise(self) -> NoiseModel:
         if self.error is not None:
             return DiagonalGaussian(self.error)
         return DiagonalGaussian(default_errors(str(self.name), self._names, self._codes))
 
-    @property
-    def size(self) -> int:
-        return int(np.asarray(self.value).size)
-
-    @property
-    def values(self) -> Tensor:
-        return torch.as_tensor(self.value, dtype=torch.float64)
-
-    def _prepare(self, grid: Grid, spec: StateSpec, times: np.ndarray) -> None:
+    def _channel_stencil(self, spec: StateSpec) -> tuple[np.ndarray, np.ndarray]:
+        """The two model levels bracketing each pressure and their log-pressure weights, ``[M, 2]`` each."""
         owner = str(self.name)
         levels = np.asarray(spec.levels, dtype=np.float64)
         if self.out_of_range == "error" and levels.size:
@@ -210,26 +146,7 @@ class PressureLevelOp(SparseLinearOperator):
                 )
             table[sel] = np.array([spec.index(v, lev, owner=owner) for lev in spec.levels])
         k, beta = log_pressure_weights(levels, self.pressure)
-        channel = np.take_along_axis(table, k, axis=1)
-        i0, i1, w1 = time_interpolation(owner, self.time, times)
-        weights = bilinear_weights if self.method == "bilinear" else nearest_weights
-        idx, w = weights(grid, self.lat, self.lon)
-        A = product_stencil_matrix(
-            (times.size, spec.n_channels, grid.nlat * grid.nlon),
-            time=(np.stack([i0, i1], 1), np.stack([1.0 - w1, w1], 1)),
-            channel=(channel, beta),
-            space=(idx, w),
-        )
-        self._set_matrix(A)
+        return np.take_along_axis(table, k, axis=1), beta
 
-    def metadata(self) -> dict[str, np.ndarray]:
-        out = {
-            "lat": self.lat,
-            "lon": self.lon,
-            "time": self.time,
-            "variable": self.variable,
-            "pressure": self.pressure,
-        }
-        if self.station_id is not None:
-            out["station_id"] = self.station_id
-        return out
+    def _point_metadata(self) -> dict[str, np.ndarray]:
+        return {"pressure": self.pressure}

@@ -26,31 +26,15 @@ The operator is affine, :math:`\mathcal{H}(x) = A\,\mathrm{vec}(x) + b`, with 8 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import attrs
 import numpy as np
-import torch
-from torch import Tensor
 
 from appa_core.grid import Grid
 from appa_core.noise import DEFAULT_ERRORS, DiagonalGaussian, NoiseModel, default_errors
-from appa_core.obs import SparseLinearOperator, time_interpolation
-from appa_core.obs.interp import bilinear_weights, nearest_weights, product_stencil_matrix
-from appa_core.obs.validate import (
-    broadcast_floats,
-    broadcast_strings,
-    check_finite,
-    check_lat,
-    check_lon,
-    check_nonempty,
-    check_positive,
-    check_same_length,
-    field_on_grid,
-    to_datetime64,
-    to_float_array,
-)
+from appa_core.obs import PointOperator, PointStencil
+from appa_core.obs.validate import broadcast_floats, check_positive, field_on_grid
 from appa_core.spec import StateSpec
 
 __all__ = ["DEFAULT_ERRORS", "LAPSE_RATE", "R_DRY", "G", "StationOp"]
@@ -64,15 +48,14 @@ LAPSE_RATE = 0.0065
 
 _LAPSE_VARIABLES = ("2m_temperature",)
 _HYPSOMETRIC_VARIABLES = ("surface_pressure",)
-_METHODS = ("bilinear", "nearest")
 
 
 @attrs.define(kw_only=True, eq=False)
-class StationOp(SparseLinearOperator):
+class StationOp(PointOperator):
     """Point observations (surface stations, ships, buoys, aircraft at model levels) interpolated on the sphere.
 
-    Every per-observation field accepts a scalar (broadcast to all observations) or an array ``[M]``; ``value``
-    fixes ``M``.
+    A :class:`~appa_core.obs.PointOperator`: every per-observation field accepts a scalar (broadcast to all
+    observations) or an array ``[M]``; ``value`` fixes ``M``.
 
     Attributes:
         variable: variable name per observation (ERA5 names, e.g. ``"2m_temperature"``, ``"temperature"``), or
@@ -97,22 +80,11 @@ class StationOp(SparseLinearOperator):
             surface pressure (scalar or ``[M]``); ``None`` uses the standard atmosphere.
     """
 
-    variable: str | Sequence[str] | np.ndarray = attrs.field()
-    lat: Any = attrs.field()
-    lon: Any = attrs.field()
-    time: Any = attrs.field()
-    value: Any = attrs.field()
     level: Any = attrs.field(default=None)
-    error: Any = attrs.field(default=None)
     elevation: Any = attrs.field(default=None)
     surface_geopotential: Any = attrs.field(default=None, repr=False)
-    station_id: Any = attrs.field(default=None)
-    method: str = attrs.field(default="bilinear")
     lapse_rate: float = attrs.field(default=LAPSE_RATE)
     reference_temperature: Any = attrs.field(default=None)
-
-    _names: list[str] = attrs.field(factory=list, init=False, repr=False)
-    _codes: np.ndarray = attrs.field(default=None, init=False, repr=False)
 
     @classmethod
     def example(cls) -> tuple[StationOp, Grid, StateSpec, np.ndarray]:
@@ -133,55 +105,24 @@ class StationOp(SparseLinearOperator):
         return op, grid, spec, times
 
     # ------------------------------------------------------------------ construction
-    def validate(self) -> None:
-        owner = str(self.name)
-        value = np.atleast_1d(to_float_array(owner, "value", self.value, ndim=None))
-        if value.ndim != 1:
-            raise ValueError(f"{owner}: field 'value' must be 1-D, got shape {value.shape}")
-        check_nonempty(owner, "value", value)
-        m = value.size
-        lat = broadcast_floats(owner, "lat", self.lat, m)
-        lon = broadcast_floats(owner, "lon", self.lon, m)
-        time = to_datetime64(owner, "time", self.time)
-        if time.size == 1 and m > 1:
-            time = np.repeat(time, m)
-        if isinstance(self.variable, str):  # fast path: one variable for all observations
-            variable = np.full(m, self.variable)
-            names, codes = [self.variable], np.zeros(m, dtype=np.int64)
-        else:
-            variable = broadcast_strings(owner, "variable", self.variable, m)
-            unique, codes = np.unique(variable, return_inverse=True)
-            names = [str(v) for v in unique]
-        level = np.full(m, np.nan) if self.level is None else broadcast_floats(owner, "level", self.level, m)
-        arrays: dict[str, np.ndarray] = {
-            "value": value,
-            "lat": lat,
-            "lon": lon,
-            "time": time,
-            "variable": variable,
-            "level": level,
+    def _point_fields(self, owner: str, m: int) -> dict[str, np.ndarray]:
+        arrays = {
+            "level": np.full(m, np.nan) if self.level is None else broadcast_floats(owner, "level", self.level, m)
         }
-        if self.error is not None:
-            arrays["error"] = broadcast_floats(owner, "error", self.error, m)
         if self.elevation is not None:
             arrays["elevation"] = broadcast_floats(owner, "elevation", self.elevation, m)
         if self.reference_temperature is not None:
             arrays["reference_temperature"] = broadcast_floats(
                 owner, "reference_temperature", self.reference_temperature, m
             )
-        if self.station_id is not None:
-            arrays["station_id"] = broadcast_strings(owner, "station_id", self.station_id, m)
-        check_same_length(owner, **arrays)
+        return arrays
 
-        check_finite(owner, "value", value)
-        check_lat(owner, lat)
-        check_lon(owner, lon)
+    def _validate_point_fields(self, owner: str, arrays: dict[str, np.ndarray]) -> None:
+        level = arrays["level"]
         finite_level = np.isfinite(level)
         if np.any(level[finite_level] <= 0) or np.any(np.isinf(level)):
             i = int(np.flatnonzero(np.isinf(level) | (finite_level & (level <= 0)))[0])
             raise ValueError(f"{owner}: field 'level' has value {level[i]} at index {i}; must be > 0 hPa (or NaN)")
-        if "error" in arrays:
-            check_positive(owner, "error", arrays["error"])
         if "elevation" in arrays:
             elev = arrays["elevation"]
             bad = np.isinf(elev) | (elev < -500) | (elev > 9000)
@@ -192,35 +133,20 @@ class StationOp(SparseLinearOperator):
                 )
         if "reference_temperature" in arrays:
             check_positive(owner, "reference_temperature", arrays["reference_temperature"])
-        if self.method not in _METHODS:
-            raise ValueError(f"{owner}: field 'method' has value {self.method!r}; use one of {list(_METHODS)}")
         if not np.isfinite(self.lapse_rate):
             raise ValueError(f"{owner}: field 'lapse_rate' has value {self.lapse_rate}; must be finite")
-
-        self.value, self.lat, self.lon, self.time = value, lat, lon, time
-        self.variable, self.level = variable, level
-        self._names, self._codes = names, codes.reshape(-1)
-        self.error = arrays.get("error")
+        self.level = level
         self.elevation = arrays.get("elevation")
         self.reference_temperature = arrays.get("reference_temperature")
-        self.station_id = arrays.get("station_id")
 
     def default_noise(self) -> NoiseModel:
         if self.error is not None:
             return DiagonalGaussian(self.error)
         return DiagonalGaussian(default_errors(str(self.name), self._names, self._codes))
 
-    @property
-    def size(self) -> int:
-        return int(np.asarray(self.value).size)
-
-    @property
-    def values(self) -> Tensor:
-        return torch.as_tensor(self.value, dtype=torch.float64)
-
     # ------------------------------------------------------------------ prepare
-    def _channels(self, spec: StateSpec) -> np.ndarray:
-        """Channel index per observation ``[M]``; one spec lookup per distinct (variable, level)."""
+    def _channel_stencil(self, spec: StateSpec) -> tuple[np.ndarray, np.ndarray]:
+        """Channel index per observation ``[M, 1]`` (weight 1); one spec lookup per distinct (variable, level)."""
         owner = str(self.name)
         channel = np.empty(self.size, dtype=np.int64)
         for code, v in enumerate(self._names):  # loop over distinct variables, not observations
@@ -259,45 +185,37 @@ class StationOp(SparseLinearOperator):
                 )
             k = np.argmin(np.abs(lev[:, None] - levels[None, :]), axis=1)
             channel[sel] = np.array([spec.index(v, lv, owner=owner) for lv in spec.levels])[k]
-        return channel
+        return channel[:, None], np.ones((self.size, 1))
 
-    def _prepare(self, grid: Grid, spec: StateSpec, times: np.ndarray) -> None:
+    def _affine(
+        self, grid: Grid, spec: StateSpec, stencil: PointStencil
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The altitude corrections (module docstring): ``(scale [M], offset [M])`` or ``(None, None)``."""
         owner = str(self.name)
-        channel = self._channels(spec)
-        i0, i1, w1 = time_interpolation(owner, self.time, times)
-        weights = bilinear_weights if self.method == "bilinear" else nearest_weights
-        idx, w = weights(grid, self.lat, self.lon)
-
+        corrected = self._corrected()
+        if not corrected.any():
+            return None, None
+        if self.surface_geopotential is None:
+            v = str(self.variable[np.flatnonzero(corrected)[0]])
+            raise ValueError(
+                f"{owner}: field 'surface_geopotential' is None but field 'elevation' asks for an altitude "
+                f"correction of {v!r}; give the model surface geopotential [H, W] in m**2 s**-2, or leave "
+                f"'elevation' unset"
+            )
         scale = np.ones(self.size)
         offset = np.zeros(self.size)
-        corrected = self._corrected()
-        if corrected.any():
-            if self.surface_geopotential is None:
-                v = str(self.variable[np.flatnonzero(corrected)[0]])
-                raise ValueError(
-                    f"{owner}: field 'surface_geopotential' is None but field 'elevation' asks for an altitude "
-                    f"correction of {v!r}; give the model surface geopotential [H, W] in m**2 s**-2, or leave "
-                    f"'elevation' unset"
-                )
-            phi = field_on_grid(owner, "surface_geopotential", self.surface_geopotential, grid)
-            z_model = (phi.reshape(-1)[idx] * w).sum(1) / G
-            z_station = np.where(corrected, self.elevation, 0.0)  # type: ignore[arg-type]
-            lapse = corrected & self._is(_LAPSE_VARIABLES)
-            offset[lapse] = self.lapse_rate * (z_model[lapse] - z_station[lapse])
-            hyps = corrected & self._is(_HYPSOMETRIC_VARIABLES)
-            if self.reference_temperature is not None:
-                t_ref = self.reference_temperature
-            else:
-                t_ref = 288.15 - LAPSE_RATE * 0.5 * (z_station + z_model)
-            scale[hyps] = np.exp(-G * (z_station[hyps] - z_model[hyps]) / (R_DRY * t_ref[hyps]))
-
-        A = product_stencil_matrix(
-            (times.size, spec.n_channels, grid.nlat * grid.nlon),
-            time=(np.stack([i0, i1], 1), np.stack([1.0 - w1, w1], 1)),
-            channel=(channel[:, None], np.ones((self.size, 1))),
-            space=(idx, w * scale[:, None]),
-        )
-        self._set_matrix(A, offset if corrected.any() else None)
+        phi = field_on_grid(owner, "surface_geopotential", self.surface_geopotential, grid)
+        z_model = stencil.horizontal(phi) / G
+        z_station = np.where(corrected, self.elevation, 0.0)  # type: ignore[arg-type]
+        lapse = corrected & self._is(_LAPSE_VARIABLES)
+        offset[lapse] = self.lapse_rate * (z_model[lapse] - z_station[lapse])
+        hyps = corrected & self._is(_HYPSOMETRIC_VARIABLES)
+        if self.reference_temperature is not None:
+            t_ref = self.reference_temperature
+        else:
+            t_ref = 288.15 - LAPSE_RATE * 0.5 * (z_station + z_model)
+        scale[hyps] = np.exp(-G * (z_station[hyps] - z_model[hyps]) / (R_DRY * t_ref[hyps]))
+        return scale, offset
 
     def _corrected(self) -> np.ndarray:
         """Which observations get an altitude correction ``[M]`` bool."""
@@ -305,21 +223,9 @@ class StationOp(SparseLinearOperator):
             return np.zeros(self.size, dtype=bool)
         return self._is(_LAPSE_VARIABLES + _HYPSOMETRIC_VARIABLES) & np.isfinite(self.elevation)
 
-    def _is(self, variables: tuple[str, ...]) -> np.ndarray:
-        """Whether each observation's variable is one of ``variables``, ``[M]`` bool."""
-        return np.isin(self._codes, [k for k, v in enumerate(self._names) if v in variables])
-
     # ------------------------------------------------------------------ diagnostics
-    def metadata(self) -> dict[str, np.ndarray]:
-        out: dict[str, np.ndarray] = {
-            "lat": self.lat,
-            "lon": self.lon,
-            "time": self.time,
-            "variable": self.variable,
-            "level": self.level,
-        }
+    def _point_metadata(self) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {"level": self.level}
         if self.elevation is not None:
             out["elevation"] = self.elevation
-        if self.station_id is not None:
-            out["station_id"] = self.station_id
         return out
