@@ -34,7 +34,9 @@ from torch import Tensor
 
 from appa_core.diffusion.denoiser import DiffusionPrior
 from appa_core.diffusion.schedule import RectifiedSchedule, Schedule
+from appa_core.geo import gaspari_cohn, great_circle_km
 from appa_core.grid import Grid
+from appa_core.linalg import woodbury_capacitance, woodbury_solve
 from appa_core.spec import StateSpec
 
 __all__ = ["GaussianPrior", "LowRankDiag", "gaspari_cohn"]
@@ -74,26 +76,11 @@ class LowRankDiag:
         return LowRankDiag(self.factor / s[:, None], self.diag / s**2)
 
 
-def gaspari_cohn(r: np.ndarray) -> np.ndarray:
-    """Gaspari-Cohn (1999) compactly supported correlation of ``r = distance / half-width`` (0 beyond 2)."""
-    r = np.abs(np.asarray(r, dtype=np.float64))
-    out = np.zeros_like(r)
-    a = r <= 1
-    b = (r > 1) & (r < 2)
-    ra = r[a]
-    out[a] = -0.25 * ra**5 + 0.5 * ra**4 + 0.625 * ra**3 - 5 / 3 * ra**2 + 1
-    rb = r[b]
-    out[b] = rb**5 / 12 - 0.5 * rb**4 + 0.625 * rb**3 + 5 / 3 * rb**2 - 5 * rb + 4 - 2 / (3 * rb)
-    return out
-
-
 def _great_circle_km(grid: Grid) -> np.ndarray:
-    lat, lon = np.meshgrid(np.deg2rad(grid.lat), np.deg2rad(grid.lon), indexing="ij")
+    """Distances between all cells ``[H*W, H*W]``, km."""
+    lat, lon = np.meshgrid(grid.lat, grid.lon, indexing="ij")
     lat, lon = lat.ravel(), lon.ravel()
-    c = np.sin(lat)[:, None] * np.sin(lat)[None] + np.cos(lat)[:, None] * np.cos(lat)[None] * np.cos(
-        lon[:, None] - lon[None]
-    )
-    return 6371.0 * np.arccos(np.clip(c, -1.0, 1.0))
+    return great_circle_km(lat[:, None], lon[:, None], lat[None], lon[None])
 
 
 def _as_f64(value: object) -> Tensor:
@@ -234,11 +221,7 @@ class GaussianPrior(DiffusionPrior):
             return ((v @ q) / (lam[None] + s2)) @ q.T
         f, dg = self._tensors(v.dtype, v.device)[:2]
         dinv = 1.0 / (dg[None] + s2)  # [B, D]
-        r = f.shape[1]
-        k = torch.eye(r, dtype=v.dtype, device=v.device) + torch.einsum("dr,bd,ds->brs", f, dinv, f)
-        rhs = ((v * dinv) @ f)[..., None]
-        w = torch.linalg.solve(k, rhs)[..., 0]  # [B, r]
-        return v * dinv - dinv * (w @ f.T)
+        return woodbury_solve(v, f, dinv, woodbury_capacitance(f, dinv))
 
     def _flat(self, z: Tensor, owner: str) -> tuple[Tensor, int]:
         length = z.shape[1] if z.ndim >= 2 else -1

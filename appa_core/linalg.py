@@ -5,6 +5,8 @@ Both solvers act on the **last axis**: ``b`` is ``[..., M]`` and every leading i
 leading index). Inner products, residuals and Krylov bases are kept in float64 whatever the dtype of ``b``.
 
 * :func:`cg`: conjugate gradients, for symmetric positive definite ``A``.
+* :func:`woodbury_capacitance`, :func:`woodbury_solve`: the one low-rank-plus-diagonal solve of the repository,
+  :math:`(D + F F^\top)^{-1} v` by the Woodbury identity (observation errors, Gaussian priors, the OI baseline).
 * :func:`gmres`: GMRES (Arnoldi with modified Gram-Schmidt and Givens rotations, no restart), for any
   non-singular ``A`` -- use it when the operator is not exactly symmetric (a learned denoiser's Jacobian is not).
 
@@ -22,7 +24,7 @@ import attrs
 import torch
 from torch import Tensor
 
-__all__ = ["SolveInfo", "cg", "gmres", "solve"]
+__all__ = ["SolveInfo", "cg", "gmres", "solve", "woodbury_capacitance", "woodbury_solve"]
 
 _EPS = 1e-300
 
@@ -215,3 +217,43 @@ def solve(
     if method == "gmres":
         return gmres(A, b, tol=tol, atol=atol, maxiter=maxiter)
     raise ValueError(f"solve: field 'method' has value {method!r}; expected 'cg' or 'gmres'")
+
+
+def woodbury_capacitance(factor: Tensor, dinv: Tensor) -> Tensor:
+    r"""Cholesky factor :math:`L_A` of the capacitance :math:`A = I_r + F^\top D^{-1} F` (lower triangular).
+
+    Args:
+        factor: :math:`F` ``[D, r]``.
+        dinv: the inverse diagonal :math:`D^{-1}` ``[D]`` or a batch of them ``[B, D]`` (e.g. :math:`1/(d +
+            \sigma_b^2)`), > 0.
+
+    Returns:
+        :math:`L_A` ``[r, r]`` (or ``[B, r, r]``), for :func:`woodbury_solve` and :math:`\log\det(D + F F^\top)
+        = \sum \log d + 2 \sum \log \mathrm{diag}(L_A)`.
+    """
+    r = factor.shape[-1]
+    eye = torch.eye(r, dtype=factor.dtype, device=factor.device)
+    if dinv.ndim == 1:
+        cap = eye + (factor * dinv[:, None]).T @ factor
+    else:
+        cap = eye + torch.einsum("dr,bd,ds->brs", factor, dinv, factor)
+    return torch.linalg.cholesky(cap)
+
+
+def woodbury_solve(v: Tensor, factor: Tensor, dinv: Tensor, chol: Tensor) -> Tensor:
+    r""":math:`(D + F F^\top)^{-1} v = D^{-1} v - D^{-1} F A^{-1} F^\top D^{-1} v` in :math:`O(N D r)`.
+
+    Args:
+        v: right-hand sides ``[N, D]``.
+        factor: :math:`F` ``[D, r]``.
+        dinv: :math:`D^{-1}` ``[D]`` (shared) or ``[N, D]`` (one per right-hand side).
+        chol: :func:`woodbury_capacitance` of ``(factor, dinv)``: ``[r, r]`` or ``[N, r, r]``.
+
+    Returns:
+        ``[N, D]``.
+    """
+    vd = v * dinv
+    rhs = vd @ factor  # [N, r]
+    shared = chol.ndim == 2
+    w = torch.cholesky_solve(rhs.T, chol).T if shared else torch.cholesky_solve(rhs[..., None], chol)[..., 0]
+    return vd - dinv * (w @ factor.T)

@@ -44,6 +44,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from appa_core.linalg import woodbury_capacitance, woodbury_solve
+
 __all__ = [
     "DEFAULT_ERRORS",
     "BlockDiagonal",
@@ -515,10 +517,9 @@ class CorrelatedGaussian(NoiseModel):
             raise ValueError(
                 f"{owner}: field 'factor' has {factor.shape[0]} rows but field 'diag' has {diag.numel()} values"
             )
-        capacitance = torch.eye(factor.shape[1], dtype=torch.float64) + (factor / diag[:, None]).T @ factor
         object.__setattr__(self, "factor", factor)
         object.__setattr__(self, "diag", diag)
-        object.__setattr__(self, "_chol", torch.linalg.cholesky(capacitance))
+        object.__setattr__(self, "_chol", woodbury_capacitance(factor, 1.0 / diag))
 
     @property
     def low_rank(self) -> bool:
@@ -567,9 +568,7 @@ class CorrelatedGaussian(NoiseModel):
             out = torch.cholesky_solve(r.T, L, upper=False).T
         else:
             d, F = self._cast(self.diag, r), self._cast(self.factor, r)  # type: ignore[arg-type]
-            rd = r / d
-            inner = torch.cholesky_solve((rd @ F).T, L, upper=False).T  # [N, k]
-            out = rd - (inner @ F.T) / d
+            out = woodbury_solve(r, F, 1.0 / d, L)
         return out.reshape(v.shape)
 
     def score(self, residual: Tensor) -> Tensor:

@@ -58,6 +58,7 @@ import attrs
 import numpy as np
 import pyproj
 
+from appa_core.geo import EARTH_RADIUS_KM
 from appa_core.obs.validate import to_datetime64
 
 __all__ = [
@@ -77,8 +78,9 @@ __all__ = [
 MU_EARTH = 398600.4418
 #: Equatorial radius, km (WGS84); the orbit's semi-major axis is ``R_EARTH_EQUATOR + altitude``.
 R_EARTH_EQUATOR = 6378.137
-#: Mean radius, km (IUGG), used for the scan geometry and great-circle distances.
-R_EARTH_MEAN = 6371.0088
+#: Mean radius, km (IUGG), used for the scan geometry and great-circle distances: appa's one Earth radius,
+#: :data:`appa_core.geo.EARTH_RADIUS_KM`.
+R_EARTH_MEAN = EARTH_RADIUS_KM
 #: Second zonal harmonic of the geopotential (oblateness).
 J2 = 1.08262668e-3
 #: Sidereal rotation rate of the Earth, rad s^-1.
