@@ -1,22 +1,19 @@
 """The ``appa`` command line.
 
-Subcommands implemented here: ``appa version``, ``appa plugins [--json] [--verbose] [--strict]`` (installed plugins,
-their components, failures with their errors, name clashes) and ``appa plugins check NAME`` (operator contract tests
-on a plugin's operators, or on one operator).
-
-The others delegate to the module that implements them, imported only when the subcommand runs, and receive every
-argument after the subcommand:
+The core's own subcommands: ``appa version``, ``appa plugins [--json] [--verbose] [--strict]`` (installed plugins,
+their components, failures with their errors, name clashes), ``appa plugins check NAME`` (operator contract tests on
+a plugin's operators, or on one operator), and two that delegate to the core module implementing them, imported only
+when the subcommand runs:
 
 =======================  ===================================================================
-``appa demo ...``        ``appa_core.demo:main(argv)``
 ``appa train ...``       ``appa_core.train.cli:main_train(argv)``
 ``appa prior params``    ``appa_core.nn.presets:main_params(argv)``
-``appa assimilate ...``  ``appa_core.assimilate:main(argv)``
-``appa evaluate ...``    ``appa_core.metrics:main_evaluate(argv)``
-``appa naturerun ...``   the ``main(argv)`` of the registered data source ``naturerun`` (plugin ``appa-naturerun``)
 =======================  ===================================================================
 
-To add a subcommand, add an entry to :data:`DELEGATES` pointing to a ``main(argv: list[str] | None) -> int``.
+Every other subcommand comes from a plugin, through the hook ``appa_register_commands`` (``register(name, main,
+help=...)``, see :mod:`appa_core.plugins.hookspecs`), the way operators do: ``appa --help`` lists the installed ones,
+and ``appa NAME ...`` calls the plugin's ``main(argv)`` with every argument after ``NAME``. A name that no installed
+plugin registers gives one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -29,14 +26,22 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["DELEGATES", "main"]
+__all__ = ["DELEGATES", "MOVED_COMMANDS", "main"]
 
-#: ``subcommand -> (module, function, help)``; the function takes the remaining arguments and returns an exit code.
+#: The core's delegated subcommands: ``subcommand -> (module, function, help)``; the function takes the remaining
+#: arguments and returns an exit code.
 DELEGATES: dict[str, tuple[str, str, str]] = {
-    "demo": ("appa_core.demo", "main", "run the embedded default: bundled prior, truth slice, synthetic observations"),
     "train": ("appa_core.train.cli", "main_train", "train the autoencoder or the latent denoiser"),
-    "assimilate": ("appa_core.assimilate", "main", "assimilate observations described by a CONFIG file"),
-    "evaluate": ("appa_core.metrics", "main_evaluate", "score a POSTERIOR zarr store against a TRUTH store"),
+}
+
+#: Deprecated, removed with the module shims of ``appa_core._moved``: subcommands that appa-core 0.1 implemented
+#: itself and that now come from a plugin (``command -> (distribution, pip argument)``). Used only to word the error
+#: when the command is missing, so that an upgrade that drops them says what to install.
+MOVED_COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("appa-workflows", "-e plugins/workflows"),
+    "assimilate": ("appa-workflows", "-e plugins/workflows"),
+    "evaluate": ("appa-workflows", "-e plugins/workflows"),
+    "naturerun": ("appa-naturerun", "-e plugins/naturerun"),
 }
 #: ``appa prior SUBCOMMAND`` delegates.
 PRIOR_DELEGATES: dict[str, tuple[str, str, str]] = {
@@ -79,27 +84,42 @@ def _run(fn: Callable[[list[str]], int | None], argv: list[str]) -> int:
     return int(code or 0)
 
 
-def _naturerun(argv: list[str]) -> int:
-    """``appa naturerun ...``: the registered data source ``naturerun``, else the ``appa_naturerun`` package."""
+def _plugin_commands() -> dict[str, tuple[str, str]]:
+    """Installed plugin subcommands: ``bare name -> (full name, help)``; ambiguous names are listed by full name."""
+    from appa_core.plugins import get_registry
+
+    reg = get_registry()
+    aliases = {full: alias for alias, full in reg.aliases("command").items()}
+    return {aliases.get(c.full_name, c.full_name): (c.full_name, c.help) for c in reg.components("command")}
+
+
+def _missing_command(command: str) -> int:
+    """One line on stderr for a subcommand that no installed plugin provides; exit status 2."""
     from appa_core.plugins import UnknownComponentError, get_registry
 
-    fn = None
+    reg = get_registry()
     try:
-        source = get_registry().data_source("naturerun")
-        fn = getattr(source, "main", None)
-    except UnknownComponentError:
-        pass
-    if not callable(fn):
-        try:
-            fn = importlib.import_module("appa_naturerun").main
-        except Exception as exc:  # not installed, or broken
-            print(
-                "appa naturerun: the nature-run plugin is not available "
-                f"({type(exc).__name__}: {exc}); install it with `pip install -e plugins/naturerun`",
-                file=sys.stderr,
-            )
-            return 1
-    return _run(fn, argv)
+        reg.component("command", command)
+    except UnknownComponentError as exc:
+        if "ambiguous" in str(exc):
+            print(f"appa {command}: {exc}; run it by its full name, e.g. appa PLUGIN:{command}", file=sys.stderr)
+            return 2
+    failed = [p for p in reg.plugins.values() if p.status == "failed"]
+    broken = f"; plugins that failed to load: {', '.join(p.name for p in failed)} (see appa plugins)" if failed else ""
+    if command in MOVED_COMMANDS:
+        dist, pip_arg = MOVED_COMMANDS[command]
+        print(
+            f"appa: command {command!r} is provided by the plugin distribution {dist}, which is not installed or "
+            f"did not load: pip install {pip_arg}{broken}",
+            file=sys.stderr,
+        )
+    else:
+        known = ", ".join(sorted({*_CORE_COMMANDS, *_plugin_commands()}))
+        print(
+            f"appa: unknown command {command!r} (commands: {known}); a plugin may provide it: see appa plugins{broken}",
+            file=sys.stderr,
+        )
+    return 2
 
 
 # ---------------------------------------------------------------------------------------------- appa version
@@ -125,8 +145,7 @@ def _plugins(args: argparse.Namespace) -> int:
         plugins = list(reg.plugins.values())
         counts = {s: sum(p.status == s for p in plugins) for s in _STATUS}
         print(f"appa plugins: {counts['ok']} ok, {counts['failed']} failed, {counts['disabled']} disabled")
-        alias_of = {c["name"]: c["alias"] for kind in KINDS for c in report["components"][kind]}
-        kind_of = {c.full_name: c.kind for c in reg.components()}
+        alias_of = {(kind, c["name"]): c["alias"] for kind in KINDS for c in report["components"][kind]}
         for p in plugins:
             dist = f"{p.distribution} {p.version or ''}".strip() if p.distribution else f"({p.source})"
             print(f"  {p.name:<12} {dist:<28} {_STATUS[p.status]}")
@@ -135,9 +154,11 @@ def _plugins(args: argparse.Namespace) -> int:
             if p.reason:
                 print(f"      reason: {p.reason}")
             for kind, label in KINDS.items():
-                names = [n for n in p.components if kind_of.get(n) == kind]
+                names = [c.full_name for c in reg.components(kind) if c.plugin == p.name]
                 if names:
-                    shown = ", ".join(n if alias_of.get(n) is None else f"{n} ({alias_of[n]})" for n in names)
+                    shown = ", ".join(
+                        n if alias_of.get((kind, n)) is None else f"{n} ({alias_of[kind, n]})" for n in names
+                    )
                     print(f"      {label}s: {shown}")
             if args.verbose and p.traceback:
                 print("      " + p.traceback.rstrip().replace("\n", "\n      "))
@@ -204,7 +225,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- parser
-def _parser() -> argparse.ArgumentParser:
+def _parser(plugin_commands: dict[str, tuple[str, str]] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="appa", description="appa-core: score-based data assimilation of the global atmosphere."
     )
@@ -226,14 +247,33 @@ def _parser() -> argparse.ArgumentParser:
     prior_sub = prior.add_subparsers(dest="prior_command", metavar="params")
     for name, (_, _, help_text) in PRIOR_DELEGATES.items():
         prior_sub.add_parser(name, help=help_text, add_help=False)
-    sub.add_parser("naturerun", help="generate a nature run with the jcm GCM (plugin appa-naturerun)", add_help=False)
+    for name, (full_name, help_text) in sorted((plugin_commands or {}).items()):
+        plugin = full_name.partition(":")[0]
+        sub.add_parser(name, help=f"{help_text} (plugin {plugin})".strip(), add_help=False)
     return parser
+
+
+#: The subcommands appa-core implements itself (plugins cannot register these names).
+_CORE_COMMANDS = ("version", "plugins", "prior", *DELEGATES)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``appa`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _parser()
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command is not None and command not in _CORE_COMMANDS:
+        from appa_core.plugins import UnknownComponentError, get_registry
+
+        try:
+            fn = get_registry().command(command)
+        except UnknownComponentError:
+            return _missing_command(command)
+        except Exception as exc:  # a lazy target that fails to import: one line, no traceback
+            print(f"appa {command}: {str(exc).splitlines()[0]}", file=sys.stderr)
+            return 1
+        return _run(fn, argv[argv.index(command) + 1 :])
+    # the core's commands; --help and no command list the plugins' commands too
+    parser = _parser(_plugin_commands() if command is None else None)
     try:
         args, rest = parser.parse_known_args(argv)
     except SystemExit as exc:
@@ -247,8 +287,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         module, function, _ = PRIOR_DELEGATES[args.prior_command]
         fn = _resolve(f"prior {args.prior_command}", module, function)
         return 1 if fn is None else _run(fn, rest)
-    if command == "naturerun":
-        return _naturerun(rest)
     if rest:
         try:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")

@@ -18,9 +18,6 @@ ensemble dimension ``member``; ``truth`` has none.
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -31,7 +28,6 @@ __all__ = [
     "area_weights",
     "crps",
     "ensemble_mean_rmse",
-    "main_evaluate",
     "score_table",
     "spread",
     "spread_skill_ratio",
@@ -173,53 +169,18 @@ def score_table(
     return table
 
 
-def _open_complete(path: str, what: str) -> xr.Dataset:
-    """Open a zarr store, refusing a missing path and arrays with missing chunks (which read as fill values and
-    would give silently wrong scores)."""
-    import zarr
+def __getattr__(name: str) -> object:
+    """Deprecated: ``main_evaluate`` (``appa evaluate``) moved to ``appa_workflows.evaluate.main``."""
+    if name == "main_evaluate":
+        import warnings
 
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{what} store {path!r} does not exist")
-    try:
-        group = zarr.open_group(path, mode="r")
-    except Exception as exc:  # zarr raises several types for "not a store"
-        raise ValueError(f"{what} store {path!r} is not a zarr store: {exc}") from exc
-    ours = "appa_written_by" in group.attrs  # save_zarr writes every chunk, so any missing chunk is damage
-    for name, arr in group.arrays():
-        fill = arr.fill_value
-        nan_fill = fill is not None and np.issubdtype(np.asarray(fill).dtype, np.floating) and bool(np.isnan(fill))
-        # elsewhere a chunk holding only the fill value may legitimately be absent; it is refused only when it would
-        # read as plausible numbers (a non-NaN fill value), which is how it once gave a CRPS 30x too large
-        if arr.nchunks_initialized < arr.nchunks and (ours or not nan_fill):
-            raise ValueError(
-                f"{what} store {path!r} is incomplete: array {name!r} has {arr.nchunks_initialized} of {arr.nchunks} "
-                "chunks (a write cut short?)"
-            )
-    return xr.open_zarr(path)
+        warnings.warn(
+            "appa_core.metrics.main_evaluate is deprecated and will be removed in the next release: it moved to "
+            "appa_workflows.evaluate.main (distribution appa-workflows)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        import importlib
 
-
-def main_evaluate(argv: list[str] | None = None) -> int:
-    """``appa evaluate POSTERIOR TRUTH``: print the score table of a posterior zarr store against a truth store."""
-    parser = argparse.ArgumentParser(prog="appa evaluate", description=main_evaluate.__doc__)
-    parser.add_argument("posterior", help="posterior zarr store (with a 'member' dimension)")
-    parser.add_argument("truth", help="truth zarr store in the WeatherBench2 layout")
-    parser.add_argument("--out", help="write the table to this .csv or .json file")
-    args = parser.parse_args(argv)
-    try:
-        post = _open_complete(args.posterior, "posterior")
-        truth = _open_complete(args.truth, "truth")
-        table = score_table(post, truth)
-    except (OSError, ValueError, KeyError) as exc:
-        print(f"appa evaluate: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 2
-    print(table.to_string(float_format=lambda v: f"{v:.4g}"))
-    if args.out:
-        if args.out.endswith(".json"):
-            table.to_json(args.out, orient="index", indent=2)
-        else:
-            table.to_csv(args.out)
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main_evaluate())
+        return importlib.import_module("appa_workflows.evaluate").main
+    raise AttributeError(f"module 'appa_core.metrics' has no attribute {name!r}")

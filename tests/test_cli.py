@@ -1,5 +1,7 @@
 """Tests of the ``appa`` command line (``appa_core.cli``): version, plugins listing and contract checks, lazy
-delegation of the other subcommands, and the README / CI commands staying identical."""
+delegation of the core's subcommands, subcommands registered by plugins (hook ``appa_register_commands``), and the
+README / CI commands staying identical. Plugin commands are tested with in-process plugins: these tests import no
+plugin of this repository."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import re
 import sys
 import types
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -17,7 +19,7 @@ import pytest
 import appa_core.cli as cli
 import appa_core.plugins.registry as registry_module
 from appa_core.grid import Grid
-from appa_core.plugins import FIRST_PARTY_DISTRIBUTIONS, Registry, hookimpl
+from appa_core.plugins import Registry, hookimpl
 from appa_core.spec import StateSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,14 +39,85 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert re.search(r"python 3\.\d+\.\d+, torch \S+, numpy \S+", out)
 
 
-def test_help_and_unknown_commands(capsys: pytest.CaptureFixture[str]) -> None:
+class _Commands:
+    """An in-process plugin with two subcommands: one a function, one a lazy string that cannot be imported."""
+
+    calls: ClassVar[list[list[str]]] = []
+
+    @hookimpl
+    def appa_register_commands(self, register: Any) -> None:
+        def hello(argv: list[str] | None = None) -> int:
+            _Commands.calls.append(list(argv or []))
+            return 7
+
+        register("hello", hello, help="say hello")
+        register("broken-import", "appa_no_such_package_xyz.cli:main", help="cannot be imported")
+
+
+@pytest.fixture
+def command_registry(monkeypatch: pytest.MonkeyPatch) -> Registry:
+    reg = Registry()
+    reg.register_plugin(_Commands(), name="greeter", aliases=True)
+    monkeypatch.setattr(registry_module, "_DEFAULT", reg)
+    _Commands.calls.clear()
+    return reg
+
+
+def test_help_lists_core_and_plugin_commands(capsys: pytest.CaptureFixture[str], command_registry: Registry) -> None:
     code, out, _ = _run(capsys)
     assert code == 0 and "usage: appa" in out
-    for name in ("version", "plugins", "demo", "train", "assimilate", "evaluate", "prior", "naturerun"):
+    for name in ("version", "plugins", "train", "prior", "hello"):
         assert re.search(rf"^\s+{name}\b", out, re.M), name
-    assert _run(capsys, "--help")[0] == 0
-    code, _, err = _run(capsys, "frobnicate")
-    assert code == 2 and "invalid choice: 'frobnicate'" in err
+    assert re.search(r"^\s+hello\s+say hello \(plugin greeter\)$", out, re.M)
+    code, out, _ = _run(capsys, "--help")
+    assert code == 0 and "hello" in out
+
+
+def test_plugin_commands_receive_their_arguments(
+    capsys: pytest.CaptureFixture[str], command_registry: Registry
+) -> None:
+    assert cli.main(["hello", "--steps", "4", "-h", "--", "-1"]) == 7
+    assert cli.main(["greeter:hello"]) == 7  # the full name works too
+    assert _Commands.calls == [["--steps", "4", "-h", "--", "-1"], []]
+    code, _, err = _run(capsys, "broken-import")  # a lazy target that fails to import: one line, no traceback
+    assert code == 1 and err.count("\n") == 1 and "appa_no_such_package_xyz" in err and "Traceback" not in err
+
+
+def test_unknown_and_moved_commands_give_one_line(
+    capsys: pytest.CaptureFixture[str], command_registry: Registry
+) -> None:
+    code, out, err = _run(capsys, "frobnicate")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "appa: unknown command 'frobnicate'" in err and "hello" in err
+    # a command that appa-core 0.1 had built in, now from a plugin that is not installed here: what to install
+    for command, (dist, pip_arg) in cli.MOVED_COMMANDS.items():
+        code, _, err = _run(capsys, command, "--help")
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+        assert f"provided by the plugin distribution {dist}" in err and f"pip install {pip_arg}" in err
+
+
+def test_command_names_are_checked(command_registry: Registry) -> None:
+    from appa_core.plugins import RESERVED_COMMANDS
+
+    assert {"version", "plugins", "train", "prior"} <= RESERVED_COMMANDS
+    with pytest.raises(ValueError, match=r"field 'name' has value 'plugins', a command of appa-core itself"):
+        command_registry.add_command("plugins", lambda argv: 0)
+    with pytest.raises(TypeError, match=r"command 'nope' must be a function main\(argv\)"):
+        command_registry.add_command("nope", 42)  # type: ignore[arg-type]
+
+    class Twice:
+        @hookimpl
+        def appa_register_commands(self, register: Any) -> None:
+            register("hello", lambda argv: 0, help="another hello")
+
+    command_registry.register_plugin(Twice(), name="twice", aliases=True)
+    assert any("name clash: command 'hello'" in p for p in command_registry.problems)
+    code = cli.main(["hello"])
+    assert code == 2  # ambiguous: one line naming both full names; each full name still works
+    assert cli.main(["twice:hello"]) == 0 and cli.main(["greeter:hello"]) == 7
+
+
+def test_bad_core_arguments(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _run(capsys, "version", "--extra")
     assert code == 2 and "unrecognized arguments: --extra" in err
     code, out, _ = _run(capsys, "prior")
@@ -147,12 +220,12 @@ def test_plugins_check(capsys: pytest.CaptureFixture[str], registry: Registry) -
     assert code == 0 and "registers no operator; nothing to check" in out
 
 
-def test_installed_first_party_plugins_load_cleanly() -> None:
-    """Every plugin of this repository that is installed here loads without error or name clash."""
+def test_installed_plugins_load_cleanly() -> None:
+    """Every plugin installed here loads without error or name clash, and gets bare aliases (none is special)."""
     reg = registry_module.load_plugins(env={})
-    first_party = [p for p in reg.plugins.values() if p.distribution and p.aliases]
-    assert all(registry_module._normalize(p.distribution) in FIRST_PARTY_DISTRIBUTIONS for p in first_party)
-    assert [(p.name, p.error) for p in first_party if not p.ok] == []
+    installed = [p for p in reg.plugins.values() if p.source == "entry point"]
+    assert [(p.name, p.error) for p in installed if not p.ok] == []
+    assert all(p.aliases for p in installed)
     assert reg.problems == []
 
 
@@ -178,26 +251,26 @@ def fake_module(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
 def test_delegated_commands_receive_their_arguments(
     capsys: pytest.CaptureFixture[str], fake_module: list[list[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(cli.DELEGATES, "demo", ("appa_fake_cli", "main", "demo"))
+    monkeypatch.setitem(cli.DELEGATES, "train", ("appa_fake_cli", "main", "train"))
     monkeypatch.setitem(cli.PRIOR_DELEGATES, "params", ("appa_fake_cli", "main", "params"))
-    assert cli.main(["demo", "--steps", "4", "out.zarr", "--json", "-h", "--", "-1"]) == 0
-    assert cli.main(["demo"]) == 0
+    assert cli.main(["train", "--steps", "4", "out.zarr", "--json", "-h", "--", "-1"]) == 0
+    assert cli.main(["train"]) == 0
     assert cli.main(["prior", "params", "--preset", "paper"]) == 0
     assert fake_module == [["--steps", "4", "out.zarr", "--json", "-h", "--", "-1"], [], ["--preset", "paper"]]
-    monkeypatch.setitem(cli.DELEGATES, "demo", ("appa_fake_cli", "exit3", "demo"))
-    assert cli.main(["demo"]) == 3
+    monkeypatch.setitem(cli.DELEGATES, "train", ("appa_fake_cli", "exit3", "train"))
+    assert cli.main(["train"]) == 3
 
 
 def test_missing_delegates_say_so(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setitem(cli.DELEGATES, "assimilate", ("appa_core.no_such_module", "main", "x"))
-    code, _, err = _run(capsys, "assimilate", "config.toml")
+    monkeypatch.setitem(cli.DELEGATES, "train", ("appa_core.no_such_module", "main", "x"))
+    code, _, err = _run(capsys, "train", "config.toml")
     assert code == 1
-    assert "appa assimilate: not available: module appa_core.no_such_module is not installed" in err
-    monkeypatch.setitem(cli.DELEGATES, "demo", ("appa_core.grid", "main", "x"))
-    code, _, err = _run(capsys, "demo")
-    assert code == 1 and "appa demo: not available: appa_core.grid has no function main()" in err
+    assert "appa train: not available: module appa_core.no_such_module is not installed" in err
+    monkeypatch.setitem(cli.DELEGATES, "train", ("appa_core.grid", "main", "x"))
+    code, _, err = _run(capsys, "train")
+    assert code == 1 and "appa train: not available: appa_core.grid has no function main()" in err
     # The module exists but one of its own imports is missing: say which.
     (tmp_path / "appa_fake_dep_user.py").write_text("import appa_missing_dependency_xyz\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -205,43 +278,6 @@ def test_missing_delegates_say_so(
     code, _, err = _run(capsys, "train")
     assert code == 1
     assert "appa train: cannot import appa_fake_dep_user: ModuleNotFoundError: No module named 'appa_missing" in err
-
-
-def test_evaluate_delegates_to_metrics(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = _run(capsys, "evaluate", "--help")
-    assert code == 0 and "usage: appa evaluate" in out and "posterior" in out
-    code, _, err = _run(capsys, "evaluate")
-    assert code == 2 and "the following arguments are required: posterior, truth" in err
-
-
-def test_naturerun_uses_the_registered_data_source(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    calls: list[list[str]] = []
-
-    class Source:
-        @staticmethod
-        def main(argv: list[str] | None = None) -> int:
-            calls.append(list(argv or []))
-            return 5
-
-    class Plugin:
-        @hookimpl
-        def appa_register_data_sources(self, registry: Registry) -> None:
-            registry.add_data_source("naturerun", Source)
-
-    reg = Registry(builtins=False)
-    reg.register_plugin(Plugin(), name="naturerun", aliases=True)
-    monkeypatch.setattr(registry_module, "_DEFAULT", reg)
-    assert cli.main(["naturerun", "--out", "x.zarr", "--seed", "1"]) == 5
-    assert calls == [["--out", "x.zarr", "--seed", "1"]]
-
-    # Neither a registered source nor an importable package: a clear message.
-    monkeypatch.setattr(registry_module, "_DEFAULT", Registry(builtins=False))
-    monkeypatch.setitem(sys.modules, "appa_naturerun", None)
-    code, _, err = _run(capsys, "naturerun", "--help")
-    assert code == 1 and "appa naturerun: the nature-run plugin is not available" in err
-    assert "pip install -e plugins/naturerun" in err
 
 
 def test_check_accepts_example_classmethods(
@@ -279,33 +315,5 @@ def test_readme_test_command_is_what_ci_runs() -> None:
     assert commands[-1] == "python -m pytest -q tests operators plugins"
     demo = _readme_block("Run the demo")
     assert demo[0] == venv and demo[1] == commands[0] and demo[-1] == "appa demo"
+    assert "-e plugins/workflows" in demo[2]  # appa demo comes from the workflows plugin
     assert {"set -euo pipefail", "ruff check .", "ruff format --check .", "pip install torch==2.13.0"} <= set(ci)
-
-
-def test_evaluate_refuses_missing_and_incomplete_stores(capsys: pytest.CaptureFixture[str], tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """Issue: ``appa evaluate`` on a missing path printed a 55-line traceback, and on a store with a missing chunk
-    reported a CRPS 30x too large (the chunk read as fill values)."""
-    import numpy as np
-    import xarray as xr
-
-    code, _, err = _run(capsys, "evaluate", str(tmp_path / "nope.zarr"), str(tmp_path / "t.zarr"))
-    assert code == 2 and err.strip().count("\n") == 0 and "posterior store" in err and "does not exist" in err
-    from appa_core.sampler import save_zarr
-
-    ds = (
-        xr.Dataset(
-            {
-                "2m_temperature": (("member", "time", "latitude", "longitude"), np.full((2, 4, 3, 2), 280.0)),
-                "obs_st_qc": (("obs_st",), np.zeros(5, dtype=np.int8)),  # all fill value: still written
-            }
-        )
-        .chunk({"time": 2})
-        .assign_coords(latitude=[30.0, 0.0, -30.0], longitude=[0.0, 180.0])
-    )
-    save_zarr(ds, tmp_path / "t.zarr")
-    ds[["2m_temperature"]].isel(member=0).to_zarr(tmp_path / "truth.zarr", zarr_format=2)
-    code, out, err = _run(capsys, "evaluate", str(tmp_path / "t.zarr"), str(tmp_path / "truth.zarr"))
-    assert code == 0 and "2m_temperature" in out, err  # a complete store of ours is accepted
-    (tmp_path / "t.zarr" / "2m_temperature" / "0.1.0.0").unlink()
-    code, _, err = _run(capsys, "evaluate", str(tmp_path / "t.zarr"), str(tmp_path / "truth.zarr"))
-    assert code == 2 and "is incomplete: array '2m_temperature' has 1 of 2 chunks" in err

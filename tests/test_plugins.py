@@ -16,7 +16,6 @@ from pathlib import Path
 import pluggy
 import pytest
 
-import appa_core.plugins.registry as registry_module
 from appa_core.noise import DiagonalGaussian, Huber
 from appa_core.obs import ObsOperator
 from appa_core.plugins import (
@@ -132,13 +131,14 @@ def test_good_plugin_loads_with_its_distribution(add_dist: AddDist) -> None:
     assert (info.distribution, info.version, info.module) == ("appa-fake-good", "2.3.4", "fake_good")
     assert info.hooks == ["appa_register_operators", "appa_register_noise_models"]
     assert info.components == ["fake_good:mean", "fake_good:wide"]
-    assert not info.aliases  # third party: full names only
+    assert info.aliases  # every installed plugin: its bare names work (issue 11: no first-party privilege)
     op = reg.operator("fake_good:mean")
     assert issubclass(op, ObsOperator) and op.__module__ == "fake_good"
+    assert reg.operator("mean") is op
     wide = reg.noise_model("fake_good:wide")  # lazy target, imported on first lookup
     assert issubclass(wide, DiagonalGaussian) and reg.component("noise_model", "fake_good:wide").load() is wide
-    with pytest.raises(UnknownComponentError, match=r"unknown operator 'mean'; did you mean 'fake_good:mean'\?"):
-        reg.operator("mean")
+    with pytest.raises(UnknownComponentError, match=r"unknown operator 'meen'"):
+        reg.operator("meen")
     assert reg.noise_model("huber") is Huber  # built-ins are there too
     assert reg.plugins["appa"].source == "builtin" and reg.plugins["appa"].ok
 
@@ -194,8 +194,7 @@ def test_loading_twice_is_idempotent(add_dist: AddDist) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- names and clashes
-def test_first_party_aliases_and_clashes(add_dist: AddDist, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(registry_module, "FIRST_PARTY_DISTRIBUTIONS", frozenset({"appa-op-one", "appa-op-two"}))
+def test_aliases_and_clashes(add_dist: AddDist) -> None:
     _good(add_dist, dist="appa-op-one", module="fake_one", op="point")
     _good(add_dist, dist="appa-op-two", module="fake_two", op="point")
     _good(add_dist, dist="Appa_Op.Two", module="fake_three", op="other", ep_name="three")  # normalised dist name
@@ -212,13 +211,21 @@ def test_first_party_aliases_and_clashes(add_dist: AddDist, monkeypatch: pytest.
     assert sum("noise model 'wide'" in p for p in reg.problems) == 2
 
 
-def test_entry_point_name_clash_is_reported(add_dist: AddDist) -> None:
-    _good(add_dist, dist="appa-fake-a", module="fake_a", ep_name="same")
+def test_entry_point_name_clash_loads_neither(add_dist: AddDist) -> None:
+    """Two distributions declaring one entry-point name: neither is loaded (whichever comes first on the path), the
+    plugin is listed as failed naming both distributions, and the other plugins load."""
     _good(add_dist, dist="appa-fake-b", module="fake_b", ep_name="same")
+    _good(add_dist, dist="appa-fake-a", module="fake_a", ep_name="same")
+    _good(add_dist, dist="appa-fake-c", module="fake_c", op="other")
     reg = load_plugins(env={})
-    assert reg.plugins["same"].distribution == "appa-fake-a"
-    assert reg.names("operator") == ["same:mean"]
-    assert any("plugin name clash: entry point 'same' of appa-fake-b is not loaded" in p for p in reg.problems)
+    info = reg.plugins["same"]
+    assert info.status == "failed" and info.distribution == "appa-fake-a, appa-fake-b"
+    assert "entry point 'same' is declared by appa-fake-a (fake_a) and appa-fake-b (fake_b)" in str(info.error)
+    assert "none of them is loaded" in str(info.error)
+    assert reg.names("operator") == ["fake_c:other"] and "fake_a" not in sys.modules and "fake_b" not in sys.modules
+    assert sum("plugin name clash: entry point 'same'" in p for p in reg.problems) == 1
+    load_plugins(reg, env={})  # loading again reports nothing new
+    assert sum("plugin name clash" in p for p in reg.problems) == 1
 
 
 def test_in_process_clash_with_a_builtin_alias() -> None:
@@ -251,7 +258,10 @@ def test_env_only_disable_and_autoload(add_dist: AddDist, monkeypatch: pytest.Mo
     status = {n: (p.status, p.reason) for n, p in reg.plugins.items()}
     assert status["fake_a"] == ("ok", None) and status["fake_b"] == ("ok", None)  # by entry-point or dist name
     assert status["fake_broken"] == ("disabled", "not listed in APPA_PLUGINS")
-    assert reg.problems == ["APPA_PLUGINS names 'nope' but no installed plugin has that name"]
+    # (fake_a and fake_b also clash on the bare names 'mean' and 'wide': every installed plugin gets bare aliases)
+    assert [p for p in reg.problems if not p.startswith("name clash")] == [
+        "APPA_PLUGINS names 'nope' but no installed plugin has that name"
+    ]
 
     reg = load_plugins(env={"APPA_DISABLE_PLUGINS": "appa-fake-broken,fake_b"})
     assert [n for n, p in reg.plugins.items() if p.status == "disabled"] == ["fake_b", "fake_broken"]
@@ -388,6 +398,7 @@ def test_hook_names_and_pluggy_project() -> None:
         "appa_register_noise_models",
         "appa_register_obs_readers",
         "appa_register_data_sources",
+        "appa_register_commands",
     )
     assert isinstance(hookimpl, pluggy.HookimplMarker) and hookimpl.project_name == "appa"
     reg = Registry()
@@ -397,18 +408,17 @@ def test_hook_names_and_pluggy_project() -> None:
     assert repr(reg).startswith("Registry(1 plugins: 0 operators, 5 noise models")
 
 
-def test_third_party_entry_point_cannot_replace_a_first_party_one(
-    add_dist: AddDist, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Issue: a third-party distribution with an entry point named ``stations`` replaced the first-party one
-    (it sorted first) and only ``--strict`` noticed. First-party entry points now load first."""
-    monkeypatch.setattr(registry_module, "FIRST_PARTY_DISTRIBUTIONS", frozenset({"zz-appa-op-stations"}))
+def test_a_distribution_cannot_take_over_an_installed_plugin_name(add_dist: AddDist) -> None:
+    """Issue: a third-party distribution with an entry point named ``stations`` replaced the first-party one (it
+    sorted first) and only ``--strict`` noticed. Now neither loads, whatever the order on the path, and the error
+    names both distributions; no distribution is privileged (issue 11)."""
     _good(add_dist, dist="aaa-evil", module="fake_evil", op="evil", ep_name="stations")
     _good(add_dist, dist="zz-appa-op-stations", module="fake_stations", op="station", ep_name="stations")
     reg = load_plugins(env={})
-    assert reg.plugins["stations"].distribution == "zz-appa-op-stations"
-    assert reg.names("operator") == ["stations:station"]
-    assert any("entry point 'stations' of aaa-evil is not loaded" in p for p in reg.problems)
+    assert reg.plugins["stations"].status == "failed" and reg.names("operator") == []
+    assert "declared by aaa-evil (fake_evil) and zz-appa-op-stations (fake_stations)" in str(
+        reg.plugins["stations"].error
+    )
 
 
 def test_a_plugin_whose_import_blocks_is_reported_by_name(add_dist: AddDist) -> None:

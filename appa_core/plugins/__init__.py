@@ -20,8 +20,8 @@ up, and ``appa plugins`` to see what is installed, what failed and why. See ``do
 from appa_core.plugins.hookspecs import HOOK_NAMES, hookimpl, hookspec
 from appa_core.plugins.registry import (
     ENTRY_POINT_GROUP,
-    FIRST_PARTY_DISTRIBUTIONS,
     KINDS,
+    RESERVED_COMMANDS,
     Component,
     PluginError,
     PluginInfo,
@@ -33,9 +33,9 @@ from appa_core.plugins.registry import (
 
 __all__ = [
     "ENTRY_POINT_GROUP",
-    "FIRST_PARTY_DISTRIBUTIONS",
     "HOOK_NAMES",
     "KINDS",
+    "RESERVED_COMMANDS",
     "Component",
     "PluginError",
     "PluginInfo",

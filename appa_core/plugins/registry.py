@@ -2,14 +2,16 @@
 
 A **plugin** is a module (or any object) with ``@hookimpl`` functions named after the hooks in
 :mod:`appa_core.plugins.hookspecs`; installed plugins are found through the entry-point group ``appa.plugins``
-(``name = "package.module"``). Each hook receives the :class:`Registry` and adds **components** of four kinds:
-operators, noise models, observation readers and data sources.
+(``name = "package.module"``). Each hook adds **components** of five kinds: operators, noise models, observation
+readers and data sources (through the :class:`Registry`), and subcommands of ``appa`` (through the ``register``
+callback of ``appa_register_commands``).
 
 Names. A component is addressed as ``plugin:component`` (``stations:station``), where ``plugin`` is the entry-point
-name. Components of first-party plugins (the distributions of this repository, :data:`FIRST_PARTY_DISTRIBUTIONS`,
-and the core's built-in ones) also get a bare alias (``station``). Two components claiming one alias make it
-ambiguous: the clash is recorded in :attr:`Registry.problems` (``appa plugins`` shows it) and looking the alias up
-raises, naming both full names; nothing is silently overwritten.
+name. Every installed plugin's components, and the core's built-in ones, also get a bare alias (``station``): an
+installed third-party operator is used by its bare name exactly as a first-party one (in-process plugins get aliases
+when registered with ``aliases=True``). Two components claiming one alias make it ambiguous: the clash is recorded in
+:attr:`Registry.problems` (``appa plugins`` shows it) and looking the alias up raises, naming both full names; nothing
+is silently overwritten.
 
 Isolation. Each entry point is loaded, and each hook implementation called, in its own ``try``/``except``: a
 failure is recorded on the plugin's :class:`PluginInfo` (distribution, version, one-line error, traceback), the
@@ -25,9 +27,10 @@ Environment (read by :func:`load_plugins` / :meth:`Registry.load_entry_points`):
   module's import lock: do not import that module again in the same process). A module that installs signal
   handlers at import, which only the main thread may do, is imported again in the main thread.
 
-Precedence. Entry points of first-party distributions are loaded before any other, so a third-party distribution
-that declares an entry point with a first-party name (``stations``) cannot replace it: it is not loaded, and the clash
-is recorded in :attr:`Registry.problems` and logged as a warning.
+Entry-point names are unique. When two installed distributions declare an entry point of the same name, neither is
+loaded: the plugin is listed as failed with an error naming both distributions, the clash is recorded in
+:attr:`Registry.problems` and logged as a warning, and ``appa plugins --strict`` fails. No distribution takes
+precedence over another, so none can silently replace another's plugin; uninstall one of the two.
 
 Plugins skipped by these switches are listed with status ``disabled`` and the reason.
 """
@@ -53,8 +56,8 @@ from appa_core.plugins.hookspecs import HOOK_NAMES, PROJECT
 
 __all__ = [
     "ENTRY_POINT_GROUP",
-    "FIRST_PARTY_DISTRIBUTIONS",
     "KINDS",
+    "RESERVED_COMMANDS",
     "Component",
     "PluginError",
     "PluginInfo",
@@ -70,18 +73,17 @@ logger = logging.getLogger("appa_core.plugins")
 #: Entry-point group that installed plugins declare.
 ENTRY_POINT_GROUP = "appa.plugins"
 
-#: Distributions of this repository: their components get bare aliases (normalised names, PEP 503).
-FIRST_PARTY_DISTRIBUTIONS = frozenset(
-    {"appa-core", "appa-op-stations", "appa-op-satellite", "appa-op-fields", "appa-naturerun", "appa-op-template"}
-)
-
 #: Component kinds, with the words used in messages.
 KINDS: dict[str, str] = {
     "operator": "operator",
     "noise_model": "noise model",
     "obs_reader": "observation reader",
     "data_source": "data source",
+    "command": "command",
 }
+
+#: Subcommands of ``appa`` that the core implements itself; plugins cannot register these names.
+RESERVED_COMMANDS = frozenset({"version", "plugins", "train", "prior", "help"})
 
 #: Name of the plugin that holds the core's built-in components.
 BUILTIN_PLUGIN = "appa"
@@ -123,6 +125,7 @@ class Component:
         name: the component's short name (the part after ``plugin:``).
         target: the object (a class, a factory, ...) or a lazy ``"package.module:attr"`` string.
         example: operators only: a callable returning ``(operator, grid, spec, times)`` for ``appa plugins check``.
+        help: commands only: the one-line summary ``appa --help`` lists.
     """
 
     kind: str
@@ -130,6 +133,7 @@ class Component:
     name: str
     target: Any
     example: Callable[[], tuple[Any, ...]] | None = None
+    help: str = ""
     _loaded: Any = attrs.field(default=None, init=False, repr=False)
 
     @property
@@ -170,6 +174,8 @@ def _check_component(kind: str, name: str, obj: Any) -> None:
 
         if not (isinstance(obj, type) and issubclass(obj, NoiseModel)):
             raise TypeError(f"Registry: noise model {name!r} must be a NoiseModel subclass, got {obj!r:.100}")
+    elif kind == "command" and not callable(obj):
+        raise TypeError(f"Registry: command {name!r} must be a function main(argv) -> int, got {obj!r:.100}")
 
 
 @attrs.define(eq=False)
@@ -183,7 +189,7 @@ class PluginInfo:
         source: ``"builtin"``, ``"entry point"`` or ``"in-process"``.
         status: ``"ok"``, ``"failed"`` (``errors`` says why) or ``"disabled"`` (``reason`` says why).
         module: the entry point's target, or the module / object registered in-process.
-        aliases: whether its components get bare aliases (first-party plugins).
+        aliases: whether its components get bare aliases (installed and built-in plugins; in-process ones on request).
         hooks: the hooks it implements.
         components: full names of the components it registered.
         errors: one line per failure (import, registration or hook).
@@ -272,7 +278,31 @@ class Registry:
         """Register a data source of state trajectories (e.g. the nature run: ``generate``/``open``/``main``)."""
         self._add("data_source", name, source)
 
-    def _add(self, kind: str, name: str, target: Any, example: Callable[[], tuple[Any, ...]] | None = None) -> None:
+    def add_command(self, name: str, main: Callable[..., Any] | str, *, help: str = "") -> None:
+        """Register a subcommand ``appa NAME`` (the ``register`` callback of ``appa_register_commands``).
+
+        Args:
+            name: the subcommand (letters, digits, ``_ . -``); not one of :data:`RESERVED_COMMANDS`.
+            main: ``main(argv: list[str] | None) -> int | None`` or a lazy ``"package.module:function"`` string.
+            help: the one-line summary listed by ``appa --help``.
+        """
+        if name in RESERVED_COMMANDS:
+            raise ValueError(
+                f"Registry.add_command: field 'name' has value {name!r}, a command of appa-core itself; reserved "
+                f"names are {sorted(RESERVED_COMMANDS)}"
+            )
+        if not isinstance(help, str):
+            raise TypeError(f"Registry.add_command: field 'help' of {name!r} must be a string, got {help!r:.80}")
+        self._add("command", name, main, help=help)
+
+    def _add(
+        self,
+        kind: str,
+        name: str,
+        target: Any,
+        example: Callable[[], tuple[Any, ...]] | None = None,
+        help: str = "",
+    ) -> None:
         owner = f"Registry.add_{kind}"
         if not isinstance(name, str) or not _NAME.match(name):
             raise ValueError(
@@ -284,7 +314,7 @@ class Registry:
         elif ":" not in target:
             raise ValueError(f"{owner}: lazy target {target!r} of {name!r} must look like 'package.module:attr'")
         plugin = self._current or self._local_plugin()
-        comp = Component(kind, plugin.name, name, target, example)
+        comp = Component(kind, plugin.name, name, target, example, help)
         table = self._components[kind]
         if comp.full_name in table:
             self._problem(f"plugin {plugin.name!r} registers {KINDS[kind]} {name!r} twice; the first one is kept")
@@ -305,9 +335,11 @@ class Registry:
             self.plugins[LOCAL_PLUGIN] = PluginInfo(LOCAL_PLUGIN, source="in-process", aliases=True)
         return self.plugins[LOCAL_PLUGIN]
 
-    def _remove(self, full_names: Iterable[str]) -> None:
+    def _remove(self, full_names: Iterable[str], kinds: Iterable[str] | None = None) -> None:
+        """Remove components by full name (of the given kinds only, default all)."""
+        tables = {k: self._components[k] for k in (KINDS if kinds is None else kinds)}
         for full in list(full_names):
-            for kind, table in self._components.items():
+            for kind, table in tables.items():
                 comp = table.pop(full, None)
                 if comp is None:
                     continue
@@ -334,7 +366,7 @@ class Registry:
         Args:
             plugin: the module or object.
             name: the plugin's name (default: the module's ``__name__`` or the class name).
-            aliases: give its components bare aliases, as first-party plugins get.
+            aliases: give its components bare aliases, as installed plugins get.
             strict: raise :class:`PluginError` if it fails (it is recorded either way).
         """
         if name is None:
@@ -393,12 +425,14 @@ class Registry:
                 if impl.hookwrapper or impl.wrapper:
                     self._fail(info, hook_name, TypeError("registration hooks cannot be wrappers"))
                     continue
-                before = set(info.components)
+                before = {k: set(self._components[k]) for k in KINDS}
                 self._current = info
+                arguments = {"registry": self, "register": self.add_command}
                 try:
-                    impl.function(**{arg: self for arg in impl.argnames})
+                    impl.function(**{arg: arguments[arg] for arg in impl.argnames})
                 except Exception as exc:
-                    self._remove([c for c in info.components if c not in before])
+                    for kind in KINDS:  # roll back what this hook added (names may repeat across kinds)
+                        self._remove([n for n in self._components[kind] if n not in before[kind]], [kind])
                     self._fail(info, hook_name, exc)
                 finally:
                     self._current = None
@@ -435,10 +469,18 @@ class Registry:
         disable_set.discard("")
         timeout = _timeout(env) if autoload else 0.0
         found: set[str] = set()
-        for ep in _entry_points():
+        eps = _entry_points()
+        claims: dict[str, list[importlib.metadata.EntryPoint]] = {}
+        for ep in eps:
+            claims.setdefault(ep.name, []).append(ep)
+        for ep in eps:
             dist, version = _distribution(ep)
             keys = {ep.name} | ({dist, _normalize(dist)} if dist else set())
             found |= keys
+            if len(claims[ep.name]) > 1:
+                if ep is claims[ep.name][0] and ep.name not in self.plugins:
+                    self._clash(ep.name, claims[ep.name])
+                continue
             if ep.name in self.plugins:
                 prev = self.plugins[ep.name]
                 if prev.source == "entry point" and prev.distribution == dist and prev.module == ep.value:
@@ -448,7 +490,7 @@ class Registry:
                     f"with that name is already registered ({prev.distribution or prev.source})"
                 )
                 continue
-            info = PluginInfo(ep.name, dist, version, source="entry point", module=ep.value, aliases=_first_party(dist))
+            info = PluginInfo(ep.name, dist, version, source="entry point", module=ep.value, aliases=True)
             reason = None
             if not autoload:
                 reason = "APPA_PLUGINS_AUTOLOAD=0"
@@ -473,6 +515,20 @@ class Registry:
         for name in sorted((only_set or set()) - found) if autoload else ():
             self._problem(f"APPA_PLUGINS names {name!r} but no installed plugin has that name")
         return self
+
+    def _clash(self, name: str, eps: list[importlib.metadata.EntryPoint]) -> None:
+        """Entry point ``name`` declared by several distributions: load none of them, and say so."""
+        owners = [f"{_distribution(ep)[0] or '?'} ({ep.value})" for ep in eps]
+        message = (
+            f"plugin name clash: entry point {name!r} is declared by {' and '.join(owners)}; none of them is loaded "
+            "(entry-point names must be unique: uninstall one)"
+        )
+        dists = sorted({d for d in (_distribution(ep)[0] for ep in eps) if d})
+        info = PluginInfo(name, ", ".join(dists) or None, source="entry point", module=eps[0].value, aliases=True)
+        info.status = "failed"
+        info.errors.append(message)
+        self.plugins[name] = info
+        self._problem(message)
 
     # ------------------------------------------------------------------------------------------ lookups
     def component(self, kind: str, name: str) -> Component:
@@ -509,6 +565,10 @@ class Registry:
     def data_source(self, name: str) -> Any:
         """The data source named ``name``."""
         return self.component("data_source", name).load()
+
+    def command(self, name: str) -> Any:
+        """The ``main(argv)`` function of the subcommand ``appa NAME``."""
+        return self.component("command", name).load()
 
     def names(self, kind: str) -> list[str]:
         """Full names of the components of ``kind``, sorted."""
@@ -573,20 +633,16 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def _first_party(dist: str | None) -> bool:
-    return dist is not None and _normalize(dist) in FIRST_PARTY_DISTRIBUTIONS
-
-
 def _entry_points() -> list[importlib.metadata.EntryPoint]:
     """Entry points of :data:`ENTRY_POINT_GROUP`, without exact duplicates (a distribution seen twice on the path),
-    first-party distributions first (see "Precedence" in the module docstring)."""
+    sorted by name and distribution so that the load order does not depend on the order of ``sys.path``."""
     seen: set[tuple[str, str]] = set()
     out = []
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         if (ep.name, ep.value) not in seen:
             seen.add((ep.name, ep.value))
             out.append(ep)
-    return sorted(out, key=lambda ep: not _first_party(_distribution(ep)[0]))  # stable: otherwise path order
+    return sorted(out, key=lambda ep: (ep.name, _distribution(ep)[0] or "", ep.value))
 
 
 class PluginTimeoutError(TimeoutError):

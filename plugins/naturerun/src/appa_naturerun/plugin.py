@@ -48,7 +48,7 @@ class NatureRunSource:
 
     @staticmethod
     def main(argv: list[str] | None = None) -> int:
-        """The ``appa-naturerun`` command line; ``appa naturerun ...`` delegates here."""
+        """The ``appa-naturerun`` command line (also ``appa naturerun ...``, registered as a command)."""
         from .cli import main
 
         return main(argv)
@@ -57,3 +57,8 @@ class NatureRunSource:
 @hookimpl
 def appa_register_data_sources(registry) -> None:
     registry.add_data_source("naturerun", NatureRunSource)
+
+
+@hookimpl
+def appa_register_commands(register) -> None:
+    register("naturerun", "appa_naturerun.cli:main", help="generate a nature run with the jcm GCM")
