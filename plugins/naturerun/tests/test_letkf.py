@@ -121,6 +121,38 @@ def test_letkf_far_observation_leaves_column_unchanged():
     assert abs(xa[:, 0, 1, 2].mean().item() - 5.0) < abs(x[:, 0, 1, 2].mean() - 5.0)
 
 
+def test_letkf_block_locality_does_not_change_the_weights():
+    """Chunks keep only the observations in reach of their columns; the weights equal those computed with every
+    observation in every chunk (block = all columns), for any block size."""
+    grid = Grid.equiangular(12, 24, poles=False)
+    rng = np.random.default_rng(5)
+    n, m = 7, 300
+    hx = rng.normal(size=(n, m))
+    y, r = rng.normal(size=m), rng.uniform(0.5, 2.0, size=m)
+    olat, olon = rng.uniform(-80, 80, m), rng.uniform(0, 360, m)
+    kw = dict(obs_lat=olat, obs_lon=olon, grid=grid, radius_km=3000.0, inflation=1.1, rtpp=0.3)
+    x = rng.normal(size=(n, 1, 12, 24))
+    ref = letkf_weights(
+        hx, y, r, n_columns=12 * 24, distance=_grid_distance(grid, olat, olon), radius=3000.0, inflation=1.1,
+        rtpp=0.3, block=12 * 24,
+    )  # fmt: skip
+    for block in (1, 5, 16):
+        t = letkf_weights(
+            hx, y, r, n_columns=12 * 24, distance=_grid_distance(grid, olat, olon), radius=3000.0, inflation=1.1,
+            rtpp=0.3, block=block,
+        )  # fmt: skip
+        np.testing.assert_allclose(t.numpy(), ref.numpy(), atol=1e-11)
+    _, t = letkf(x, hx, y, r, **kw)
+    np.testing.assert_allclose(t.reshape(-1, n, n).numpy(), ref.numpy(), atol=1e-11)
+
+
+def _grid_distance(grid, olat, olon):
+    lat2, lon2 = np.meshgrid(np.asarray(grid.lat, float), np.asarray(grid.lon, float), indexing="ij")
+    clat, clon = torch.as_tensor(lat2.reshape(-1)), torch.as_tensor(lon2.reshape(-1))
+    ola, olo = torch.as_tensor(olat), torch.as_tensor(olon)
+    return lambda s, e: great_circle_km(clat[s:e, None], clon[s:e, None], ola[None], olo[None])
+
+
 def test_apply_weights_and_rtps():
     rng = np.random.default_rng(0)
     x = torch.as_tensor(rng.normal(size=(5, 3, 4)))

@@ -171,6 +171,7 @@ def letkf_weights(
     inflation: float = 1.0,
     rtpp: float = 0.0,
     max_elements: int = 20_000_000,
+    block: int = 16,
 ) -> Tensor:
     """LETKF total weights ``[G, N, N]`` for ``G = n_columns`` analysis points with any distance.
 
@@ -181,7 +182,11 @@ def letkf_weights(
             ``start:stop`` to every observation (same unit as ``radius``).
         radius: Gaspari-Cohn cut-off (``math.inf``: no localisation).
         inflation, rtpp: as in :func:`etkf_weights`.
-        max_elements: bound on the ``[chunk, N, M]`` intermediate (sets the column chunk size).
+        max_elements: bound on the ``[chunk, N, M]`` intermediate (caps the column chunk size).
+        block: columns per chunk (at most). Each chunk keeps only the observations within ``radius`` of one of
+            its columns, so neighbouring columns (``distance``'s order) make the chunks cheap: with a 2500 km
+            cut-off on a 48 x 96 grid a block of 16 columns in a latitude row sees a few percent of a global
+            network instead of all of it. The result does not depend on ``block`` (up to rounding).
     """
     hx, y, r = _t(hx), _t(y), _t(r)
     _check(hx, y, r, "letkf")
@@ -189,12 +194,19 @@ def letkf_weights(
     ybar = hx.mean(0)
     yb, d = hx - ybar, y - ybar
     inv_r = 1.0 / r
-    chunk = max(1, int(max_elements) // max(1, n * max(m, 1)))
+    chunk = max(1, min(int(block), int(max_elements) // max(1, n * max(m, 1))))
     out = torch.empty((n_columns, n, n), dtype=torch.float64)
     for s in range(0, n_columns, chunk):
         e = min(n_columns, s + chunk)
-        rho = gaspari_cohn(_t(distance(s, e)), radius) if m else torch.zeros((e - s, 0), dtype=torch.float64)
-        out[s:e] = _transform(yb, d, rho * inv_r[None], n, inflation, rtpp)
+        if not m:
+            out[s:e] = _transform(yb, d, torch.zeros((e - s, 0), dtype=torch.float64), n, inflation, rtpp)
+            continue
+        rho = gaspari_cohn(_t(distance(s, e)), radius)  # [chunk, M]
+        near = (rho > 0).any(0)  # the observations in reach of some column of the block: the others weigh 0
+        if bool(near.all()):
+            out[s:e] = _transform(yb, d, rho * inv_r[None], n, inflation, rtpp)
+        else:
+            out[s:e] = _transform(yb[:, near], d[near], rho[:, near] * inv_r[near][None], n, inflation, rtpp)
     return out
 
 
