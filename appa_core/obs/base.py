@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import abc
 import re
-from typing import ClassVar, Self
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import attrs
 import numpy as np
@@ -30,6 +31,9 @@ from appa_core.grid import Grid
 from appa_core.noise import DiagonalGaussian, NoiseModel
 from appa_core.obs.validate import check_times_in_window, to_datetime64
 from appa_core.spec import StateSpec
+
+if TYPE_CHECKING:
+    from appa_core.obs.config import ObsContext
 
 __all__ = ["ObsOperator", "SparseLinearOperator", "time_interpolation"]
 
@@ -82,6 +86,9 @@ class ObsOperator(abc.ABC):
     #: name of the constructor field holding the observed values (used by :meth:`with_values`); ``None`` if the
     #: family cannot be rebuilt from a flat ``[M]`` vector.
     values_field: ClassVar[str | None] = "value"
+    #: keys of a configuration table whose lists enumerate what each location observes (not one entry per
+    #: observation); see :meth:`from_config`.
+    config_component_keys: ClassVar[tuple[str, ...]] = ("channels", "variables", "levels")
 
     grid: Grid | None = attrs.field(default=None, init=False, repr=False)
     spec: StateSpec | None = attrs.field(default=None, init=False, repr=False)
@@ -223,6 +230,40 @@ class ObsOperator(abc.ABC):
         """
         assert other.grid is not None and other.spec is not None
         self.prepare(other.grid, other.spec, other.window)
+
+    # ------------------------------------------------------------------ workflows: configs and synthetic networks
+    @classmethod
+    def from_config(cls, table: Mapping[str, Any], context: ObsContext) -> list[ObsOperator]:
+        r"""Operators from one ``[[observations]]`` table of an ``appa assimilate`` config (keys = constructor fields).
+
+        With ``context.simulate`` their values are :math:`\mathcal{H}(x_{true}) + \epsilon` and the table must not
+        give them. The default (:func:`appa_core.obs.config.operators_from_table`) suits families whose values field
+        holds one value per observation; families built another way (satellite ground tracks, gridded fields)
+        override it. Raise ``ValueError`` / ``TypeError`` naming the key; the workflow adds which table it was.
+        """
+        from appa_core.obs.config import operators_from_table
+
+        return operators_from_table(cls, table, context)
+
+    @classmethod
+    def placeholder_values(cls, table: Mapping[str, Any], n: int) -> np.ndarray:
+        """Values that construct a geometry-only operator of ``n`` locations from ``table`` (before simulating).
+
+        Default zeros ``[n]``; families with several values per location return ``[n, K]``.
+        """
+        return np.zeros(n)
+
+    @classmethod
+    def synthetic_network(cls, context: ObsContext, **settings: Any) -> list[ObsOperator]:
+        """Unsimulated operators of a synthetic network for an observing system (twin experiments).
+
+        ``context.rng`` draws the locations; ``settings`` are the family's (documented by the override). The
+        observing system simulates the values. The default refuses: the family defines no network.
+        """
+        raise NotImplementedError(
+            f"{cls.__name__} defines no synthetic network (classmethod synthetic_network); it cannot be part of an "
+            "observing system"
+        )
 
     def simulate(
         self,

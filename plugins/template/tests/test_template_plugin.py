@@ -27,7 +27,7 @@ def test_example_passes_the_contract() -> None:
     assert {r.status for r in results if r.test != "test_bad_inputs_raise"} == {"passed"}, results
 
 
-def test_installed_entry_point_loads_as_first_party() -> None:
+def test_installed_entry_point_loads_with_bare_names() -> None:
     try:
         importlib.metadata.distribution("appa-op-template")
     except importlib.metadata.PackageNotFoundError:

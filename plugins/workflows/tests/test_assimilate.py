@@ -281,7 +281,7 @@ def _check(tmp_path: Path, cfg: dict[str, Any]) -> Any:
                 "simulate": True,
                 "value": 1.0,
             },
-            r"#1 \(operator 'station'\) key 'value' is given, but simulate = true replaces the values",
+            r"#1 \(operator 'station'\): key 'value' is given, but simulate = true replaces the values",
         ),
         ({"observing_system": "medium"}, r"#1 \(observing_system 'medium'\) key 'observing_system' has value 'medium'"),
     ],

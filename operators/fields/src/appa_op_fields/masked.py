@@ -22,8 +22,8 @@ per variable unless ``error`` is given.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from typing import Any, ClassVar
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 import numpy as np
@@ -36,6 +36,9 @@ from appa_core.obs import SparseLinearOperator, time_interpolation
 from appa_core.obs.interp import product_stencil_matrix
 from appa_core.obs.validate import check_finite, check_positive, to_datetime64, to_float_array
 from appa_core.spec import StateSpec
+
+if TYPE_CHECKING:
+    from appa_core.obs import ObsContext, ObsOperator
 
 __all__ = ["DEFAULT_ERRORS", "MaskedFieldOp", "parse_channel"]
 
@@ -133,6 +136,60 @@ class MaskedFieldOp(SparseLinearOperator):
     _where: tuple[np.ndarray, ...] = attrs.field(default=(), init=False, repr=False)
     _obs: np.ndarray = attrs.field(default=None, init=False, repr=False)
     _weight: np.ndarray = attrs.field(default=None, init=False, repr=False)
+
+    # ------------------------------------------------------------------ operator protocol (appa_core.obs.config)
+    @classmethod
+    def from_config(cls, table: Mapping[str, Any], context: ObsContext) -> list[ObsOperator]:
+        """From a config table; with ``context.simulate``: the truth's fields at ``time`` + noise.
+
+        Simulated tables give ``channels`` (e.g. ``["temperature@850"]``), optionally ``time`` (states of the
+        window; default all) and ``region = {lat = [lo, hi], lon = [lo, hi]}`` (a box; ``lon`` may wrap through 0),
+        and no ``data``; ``coarsen`` must be 1. Without ``simulate`` the keys are the constructor fields.
+        """
+        if not context.simulate:
+            return super().from_config(table, context)
+        params = dict(table)
+        if "data" in params:
+            raise ValueError("key 'data' is given, but simulate = true takes the fields from the truth; drop one")
+        channels = params.get("channels")
+        if not isinstance(channels, list) or not channels:
+            raise ValueError(
+                f"key 'channels' has value {channels!r}; list the observed channels, e.g. ['temperature@850']"
+            )
+        coarsen = params.get("coarsen", 1)
+        if coarsen not in (1, [1, 1], (1, 1)):
+            raise ValueError(f"key 'coarsen' has value {coarsen!r}; simulated fields need coarsen = 1")
+        assert context.truth is not None
+        window = context.times
+        times = window if "time" not in params else np.asarray(params["time"]).astype("datetime64[ns]").reshape(-1)
+        idx = np.searchsorted(window, times)
+        bad = (idx >= window.size) | (window[np.minimum(idx, window.size - 1)] != times)
+        if bad.any():
+            raise ValueError(f"key 'time' has value {str(times[bad][0])!r}, which is not a state of the window")
+        chan = [
+            context.spec.index(*parse_channel(cls.__name__, "channels", i, c), owner=cls.__name__)
+            for i, c in enumerate(channels)
+        ]
+        truth = torch.as_tensor(context.truth)
+        data = truth[torch.as_tensor(idx)][:, torch.as_tensor(chan)].to(torch.float64).numpy()
+        mask = None
+        region = params.pop("region", None)
+        if region is not None:
+            grid = context.grid
+            lat = np.asarray(region.get("lat", [-90, 90]), dtype=np.float64)
+            lon = np.asarray(region.get("lon", [0, 360]), dtype=np.float64) % 360.0
+            lat_ok = (grid.lat >= lat.min()) & (grid.lat <= lat.max())
+            glon = grid.lon % 360.0
+            lon_ok = (glon >= lon[0]) & (glon <= lon[1]) if lon[0] <= lon[1] else (glon >= lon[0]) | (glon <= lon[1])
+            mask = np.broadcast_to((lat_ok[:, None] & lon_ok[None, :])[None, None], data.shape).copy()
+        params.update(data=data, time=times, channels=channels, mask=mask)
+        op = cls(**params)
+        assert op.noise is not None
+        eps = op.noise.sample((), generator=context.generator, dtype=torch.float64).numpy()
+        where = np.nonzero(np.ones(data.shape, dtype=bool) if mask is None else mask)
+        noisy = data.copy()
+        noisy[where] += eps  # the operator's observation order is np.nonzero(mask) (C order)
+        return [cls(**{**params, "data": noisy, "noise": op.noise})]
 
     @classmethod
     def full(cls, data: Any, spec: StateSpec, times: Any, **kwargs: Any) -> MaskedFieldOp:

@@ -19,7 +19,9 @@ and the sparse matrix ``[N*K, T*C*H*W]`` is only built when :meth:`matrix` is ca
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Self
+import datetime as _dt
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import attrs
 import numpy as np
@@ -42,6 +44,9 @@ from appa_core.obs.validate import (
 from appa_core.spec import StateSpec
 from appa_op_satellite.footprint import KERNELS, FootprintStencil, footprint_stencil
 from appa_op_satellite.orbit import Footprints, Orbit, Swath
+
+if TYPE_CHECKING:
+    from appa_core.obs import ObsContext, ObsOperator
 
 __all__ = ["FootprintOperator"]
 
@@ -341,3 +346,43 @@ class FootprintOperator(SparseLinearOperator):
     def _count_components(cls, kwargs: dict[str, Any]) -> int:
         """``K`` from the constructor keywords (for geometry-only operators)."""
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ operator protocol (appa_core.obs.config)
+    @classmethod
+    def placeholder_values(cls, table: Mapping[str, Any], n: int) -> np.ndarray:
+        """Zeros ``[n, K]``, ``K`` from the table's ``variables`` / ``channels``."""
+        return np.zeros((n, cls._count_components(dict(table))))
+
+    @classmethod
+    def from_config(cls, table: Mapping[str, Any], context: ObsContext) -> list[ObsOperator]:
+        """Footprints along a ground track (keys ``orbit`` and/or ``swath``), else the default (given footprints).
+
+        ``orbit``: the :class:`Orbit` fields, or ``ascending_node_local_time`` for :meth:`Orbit.sun_synchronous`;
+        ``epoch`` defaults to the window's first time. ``swath``: the :class:`Swath` fields, with
+        ``scan_interval_minutes`` for ``scan_interval``. A ground track gives geometry only: it needs
+        ``simulate = true``. The other keys are the operator's fields (``variables``, ``channels``, ``noise``...).
+        """
+        if "orbit" not in table and "swath" not in table:
+            return super().from_config(table, context)
+        if not context.simulate:
+            raise ValueError("an 'orbit'/'swath' gives footprint geometry only; set simulate = true")
+        params = dict(table)
+        orbit_cfg = dict(params.pop("orbit", {}) or {})
+        swath_cfg = dict(params.pop("swath", {}) or {})
+        epoch = orbit_cfg.get("epoch", context.times[0])
+        if isinstance(epoch, _dt.datetime) and epoch.tzinfo is not None:  # TOML / YAML parse bare times
+            epoch = epoch.astimezone(_dt.UTC).replace(tzinfo=None)
+        if isinstance(epoch, _dt.date | np.datetime64):
+            epoch = str(np.datetime_as_string(np.datetime64(epoch, "s"), unit="s"))
+        orbit_cfg["epoch"] = epoch
+        sun_synchronous = "ascending_node_local_time" in orbit_cfg
+        orbit = Orbit.sun_synchronous(**orbit_cfg) if sun_synchronous else Orbit(**orbit_cfg)
+        if "scan_interval_minutes" in swath_cfg:
+            minutes = float(swath_cfg.pop("scan_interval_minutes"))
+            swath_cfg["scan_interval"] = np.timedelta64(round(minutes * 60e9), "ns")
+        swath = Swath(orbit=orbit, **swath_cfg)
+        op = cls.from_orbit(
+            swath, context.times, truth=context.truth, grid=context.grid, spec=context.spec,
+            generator=context.generator, **params,
+        )  # fmt: skip
+        return [op]

@@ -13,7 +13,7 @@ the weights :math:`a_j` sum to one over the grid. The operator is linear: a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import numpy as np
@@ -26,6 +26,9 @@ from appa_core.noise import DiagonalGaussian, NoiseModel
 from appa_core.obs import SparseLinearOperator, time_interpolation
 from appa_core.obs import validate as check
 from appa_core.spec import StateSpec
+
+if TYPE_CHECKING:
+    from appa_core.obs import ObsContext
 
 __all__ = ["GlobalMeanOp"]
 
@@ -96,6 +99,27 @@ class GlobalMeanOp(SparseLinearOperator):
             "variable": np.full(self.size, self.variable),
             "level": np.full(self.size, np.nan if self.level is None else float(self.level)),
         }
+
+    # ------------------------------------------------------------------ workflows (appa_core.obs.config)
+    # from_config: the default fits (a table's keys are the fields above; with simulate = true and no 'time', the
+    # mean is observed at every state of the window). synthetic_network: for observing systems, below.
+    @classmethod
+    def synthetic_network(
+        cls,
+        context: ObsContext,
+        *,
+        variable: str = "2m_temperature",
+        level: float | None = None,
+        every: int = 1,
+        error: float = 0.1,
+        name: str | None = None,
+    ) -> list[GlobalMeanOp]:
+        """The global mean of ``variable`` at every ``every``-th state of the window (values to be simulated)."""
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"{_OWNER}.synthetic_network: field 'every' has value {every!r}; must be an integer >= 1")
+        times = context.times[::every]
+        label = name or (f"global_mean_{variable}" + ("" if level is None else f"@{level:g}"))
+        return [cls(variable=variable, level=level, time=times, value=np.zeros(times.size), error=error, name=label)]
 
     @classmethod
     def example(cls) -> tuple[GlobalMeanOp, Grid, StateSpec, np.ndarray]:

@@ -56,6 +56,7 @@ from torch import Tensor
 from appa_core.diffusion.denoiser import DiffusionPrior
 from appa_core.grid import Grid
 from appa_core.obs.base import ObsOperator
+from appa_core.obs.config import ObsContext
 from appa_core.sampler import Sampler
 from appa_core.spec import StateSpec
 
@@ -748,18 +749,19 @@ def _build_observations(cfg: AssimilateConfig, layout: _Layout) -> list[ObsOpera
     return ops
 
 
-def _finish(op: ObsOperator, oc: ObservationConfig, layout: _Layout, seed: int) -> ObsOperator:
-    """Station-like operators get the truth's surface geopotential for elevation corrections; simulate."""
-    if (
-        layout.surface_geopotential is not None
-        and getattr(op, "surface_geopotential", False) is None
-        and getattr(op, "elevation", None) is not None
-    ):
-        op = attrs.evolve(op, surface_geopotential=layout.surface_geopotential)
-    if oc.simulate:
-        assert layout.truth is not None
-        op = op.simulate(layout.truth, layout.grid, layout.spec, layout.times, generator=_generator(seed, oc.index))
-    return op
+def _context(cfg: AssimilateConfig, oc: ObservationConfig, layout: _Layout) -> ObsContext:
+    """What the entry's operators are built on (the operator protocol of :mod:`appa_core.obs.config`)."""
+    aux = {} if layout.surface_geopotential is None else {"surface_geopotential": layout.surface_geopotential}
+    return ObsContext(
+        grid=layout.grid,
+        spec=layout.spec,
+        times=layout.times,
+        truth=layout.truth,
+        simulate=oc.simulate,
+        generator=_generator(cfg.task.seed, oc.index),
+        auxiliary=aux,
+        name=oc.where,
+    )
 
 
 def _from_reader(cfg: AssimilateConfig, oc: ObservationConfig, layout: _Layout) -> list[ObsOperator]:
@@ -790,7 +792,11 @@ def _from_reader(cfg: AssimilateConfig, oc: ObservationConfig, layout: _Layout) 
     for op in ops:
         if not isinstance(op, ObsOperator):
             raise TypeError(f"reader {oc.name!r} returned a {type(op).__name__}, not an observation operator")
-    return [_finish(op, oc, layout, cfg.task.seed) for op in ops]
+    from appa_core.obs.config import with_auxiliary
+
+    context = _context(cfg, oc, layout)
+    ops = [with_auxiliary(op, context) for op in ops]
+    return [context.simulated(op) for op in ops] if oc.simulate else ops
 
 
 def _iso_seconds(t: np.datetime64) -> str:
@@ -798,127 +804,19 @@ def _iso_seconds(t: np.datetime64) -> str:
 
 
 def _from_operator(cfg: AssimilateConfig, oc: ObservationConfig, layout: _Layout) -> list[ObsOperator]:
+    """The registered operator's ``from_config(table, context)`` (its documented protocol; any installed plugin)."""
     from appa_core.plugins import get_registry
 
     cls = get_registry().operator(oc.name)
     params = dict(oc.params)
     if oc.noise is not None:
         params["noise"] = _noise_model(oc)
-    if "orbit" in params or "swath" in params:
-        return [_from_orbit(cls, oc, params, layout, cfg.task.seed)]
-    if cls.values_field is None:
-        if oc.simulate:
-            return [_simulated_field(cls, oc, params, layout, cfg.task.seed)]
-        return [_finish(cls(**params), oc, layout, cfg.task.seed)]
-    if oc.simulate:
-        if cls.values_field in params:
-            raise ConfigError(
-                f"{_OWNER}: {oc.where} key {cls.values_field!r} is given, but simulate = true replaces the values "
-                "with H(truth) + noise; drop one of them"
-            )
-        params = _replicate_over_window(params, layout.times)
-        n = _n_locations(params)
-        count = getattr(cls, "_count_components", None)
-        shape = (n, int(count(params))) if callable(count) else (n,)
-        params[cls.values_field] = np.zeros(shape)
-    op = cls(**params)
-    return [_finish(op, oc, layout, cfg.task.seed)]
-
-
-_COMPONENT_KEYS = ("channels", "variables", "levels")
-
-
-def _n_locations(params: dict[str, Any]) -> int:
-    """Observations per time implied by the per-observation lists (the longest; scalars broadcast)."""
-    sizes = [len(v) for k, v in params.items() if isinstance(v, list | tuple | np.ndarray) and k not in _COMPONENT_KEYS]
-    return max(sizes, default=1)
-
-
-def _replicate_over_window(params: dict[str, Any], times: np.ndarray) -> dict[str, Any]:
-    """No ``time`` given: every location observed at every window state (per-location lists are tiled)."""
-    if "time" in params:
-        return params
-    n = _n_locations(params)
-    out = {}
-    for key, value in params.items():
-        if isinstance(value, list | tuple | np.ndarray) and len(value) == n and key not in _COMPONENT_KEYS:
-            out[key] = np.concatenate([np.asarray(value, dtype=object)] * times.size).tolist()
-        else:
-            out[key] = value
-    out["time"] = np.repeat(times, n)
-    return out
-
-
-def _from_orbit(cls: type, oc: ObservationConfig, params: dict[str, Any], layout: _Layout, seed: int) -> ObsOperator:
-    """Footprint operators along a satellite's ground track (``cls.from_orbit``); always simulated."""
-    if not hasattr(cls, "from_orbit"):
-        raise ValueError(f"operator {oc.name!r} has no from_orbit(); 'orbit'/'swath' apply to satellite operators")
-    if not oc.simulate:
-        raise ValueError("an 'orbit'/'swath' gives footprint geometry only; set simulate = true")
-    package = importlib.import_module(cls.__module__.split(".")[0])
-    orbit_cls, swath_cls = getattr(package, "Orbit", None), getattr(package, "Swath", None)
-    if orbit_cls is None or swath_cls is None:
-        raise ValueError(f"package {package.__name__!r} of operator {oc.name!r} exports no Orbit / Swath")
-    orbit_cfg = dict(params.pop("orbit", {}) or {})
-    swath_cfg = dict(params.pop("swath", {}) or {})
-    orbit_cfg.setdefault("epoch", _iso_seconds(layout.times[0]))
-    if isinstance(orbit_cfg["epoch"], _dt.datetime | _dt.date):
-        orbit_cfg["epoch"] = _iso_seconds(_time("observations", "orbit.epoch", orbit_cfg["epoch"]))
-    if "ascending_node_local_time" in orbit_cfg:
-        orbit = orbit_cls.sun_synchronous(**orbit_cfg)
-    else:
-        orbit = orbit_cls(**orbit_cfg)
-    if "scan_interval_minutes" in swath_cfg:
-        minutes = float(swath_cfg.pop("scan_interval_minutes"))
-        swath_cfg["scan_interval"] = np.timedelta64(round(minutes * 60e9), "ns")
-    swath = swath_cls(orbit=orbit, **swath_cfg)
-    assert layout.truth is not None
-    return cls.from_orbit(  # type: ignore[attr-defined,no-any-return]
-        swath, layout.times, truth=layout.truth, grid=layout.grid, spec=layout.spec,
-        generator=_generator(seed, oc.index), **params,
-    )  # fmt: skip
-
-
-def _simulated_field(
-    cls: type, oc: ObservationConfig, params: dict[str, Any], layout: _Layout, seed: int
-) -> ObsOperator:
-    """Gridded-field operators (``data`` + ``channels``): the truth's fields at ``time`` in ``region`` + noise."""
-    if "data" in params:
-        raise ValueError("key 'data' is given, but simulate = true takes the fields from the truth; drop one")
-    channels = params.get("channels")
-    if not isinstance(channels, list) or not channels:
-        raise ValueError(f"key 'channels' has value {channels!r}; list the observed channels, e.g. ['temperature@850']")
-    coarsen = params.get("coarsen", 1)
-    if coarsen not in (1, [1, 1], (1, 1)):
-        raise ValueError(f"key 'coarsen' has value {coarsen!r}; simulated fields need coarsen = 1")
-    assert layout.truth is not None
-    times = layout.times if "time" not in params else np.asarray(params["time"]).astype("datetime64[ns]")
-    idx = np.searchsorted(layout.times, times)
-    bad = (idx >= layout.times.size) | (layout.times[np.minimum(idx, layout.times.size - 1)] != times)
-    if bad.any():
-        raise ValueError(f"key 'time' has value {str(times[bad][0])!r}, which is not a state of the window")
-    chan = []
-    for c in channels:
-        var, _, lev = str(c).partition("@")
-        chan.append(layout.spec.index(var, float(lev) if lev else None, owner=oc.name))
-    data = layout.truth[torch.as_tensor(idx)][:, torch.as_tensor(chan)].to(torch.float64).numpy()
-    mask = None
-    region = params.pop("region", None)
-    if region is not None:
-        lat = np.asarray(region.get("lat", [-90, 90]), dtype=np.float64)
-        lon = np.asarray(region.get("lon", [0, 360]), dtype=np.float64) % 360.0
-        lat_ok = (layout.grid.lat >= lat.min()) & (layout.grid.lat <= lat.max())
-        glon = layout.grid.lon % 360.0
-        lon_ok = (glon >= lon[0]) & (glon <= lon[1]) if lon[0] <= lon[1] else (glon >= lon[0]) | (glon <= lon[1])
-        mask = np.broadcast_to((lat_ok[:, None] & lon_ok[None, :])[None, None], data.shape).copy()
-    params.update(data=data, time=times, channels=channels, mask=mask)
-    op = cls(**params)
-    assert op.noise is not None
-    eps = op.noise.sample((), generator=_generator(seed, oc.index), dtype=torch.float64).numpy()
-    where = np.nonzero(np.ones(data.shape, dtype=bool) if mask is None else mask)
-    noisy = data.copy()
-    noisy[where] += eps  # the operator's observation order is np.nonzero(mask) (C order)
-    return cls(**{**params, "data": noisy, "noise": op.noise})  # type: ignore[no-any-return]
+    ops = cls.from_config(params, _context(cfg, oc, layout))
+    ops = list(ops) if isinstance(ops, list | tuple) else [ops]
+    for op in ops:
+        if not isinstance(op, ObsOperator):
+            raise TypeError(f"{cls.__name__}.from_config returned a {type(op).__name__}, not an observation operator")
+    return ops
 
 
 def _from_observing(cfg: AssimilateConfig, oc: ObservationConfig, layout: _Layout) -> list[ObsOperator]:

@@ -6,14 +6,18 @@ the observations from a true trajectory, :math:`y = \\mathcal{H}(x_{true}) + \\e
 from each operator's noise model. The same seed gives the same observations, so every method of a benchmark sees
 the same data.
 
-The operator classes are looked up in the plugin registry (``station``, ``swath``, ``radiance``,
-``pressure_level``): appa-core never imports a plugin, so an observing system needs the first-party operator
-distributions installed (``appa-op-stations``, ``appa-op-satellite``, ``appa-op-fields``).
+The operator classes are looked up in the plugin registry by name. The presets' families (surface stations,
+polar orbiters with sounders and radiances, radiosondes) are drawn here and need the operator distributions
+``appa-op-stations``, ``appa-op-satellite`` and ``appa-op-fields`` (the ``operators`` extra of appa-workflows).
+Any other installed operator joins through ``networks``: each entry names an operator by its registry name and is
+drawn by that operator class's :meth:`~appa_core.obs.ObsOperator.synthetic_network` (the operator protocol of
+:mod:`appa_core.obs.config`), so a third-party family needs no edit here.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -23,6 +27,7 @@ from torch import Tensor
 
 from appa_core.grid import Grid
 from appa_core.obs.base import ObsOperator
+from appa_core.obs.config import ObsContext
 from appa_core.spec import StateSpec
 
 __all__ = ["ObservingSystem"]
@@ -42,7 +47,7 @@ def _operator_class(name: str) -> Any:
         return get_registry().operator(name)
     except Exception as exc:  # the registry's own error says which plugin is missing
         raise RuntimeError(
-            f"ObservingSystem: operator {name!r} is not available ({exc}); install the first-party operators: "
+            f"ObservingSystem: operator {name!r} is not available ({exc}); the presets' families need "
             "pip install -e operators/stations -e operators/satellite -e operators/fields"
         ) from exc
 
@@ -67,6 +72,8 @@ class ObservingSystem:
         radiance_channels: AMSU-A channel numbers for the radiance proxy (only those the spec's levels resolve).
         scan_interval_s: seconds between scan lines (the real AMSU-A scans every 8 s; coarser keeps the demo small).
         sondes: number of radiosonde sites, each a profile of temperature and winds at 00 and 12 UTC.
+        networks: further networks of any installed operator: mappings ``{"operator": NAME, **settings}``, each
+            drawn by ``registry.operator(NAME).synthetic_network(context, **settings)``.
     """
 
     stations: int = 300
@@ -77,6 +84,15 @@ class ObservingSystem:
     radiance_channels: tuple[int, ...] = (4, 5, 6, 7)
     scan_interval_s: float = 240.0
     sondes: int = 20
+    networks: tuple[Mapping[str, Any], ...] = attrs.field(default=(), converter=lambda v: tuple(dict(n) for n in v))
+
+    def __attrs_post_init__(self) -> None:
+        for i, net in enumerate(self.networks):
+            if not isinstance(net.get("operator"), str) or not net["operator"]:
+                raise ValueError(
+                    f"ObservingSystem: field 'networks' has value {net!r} at index {i}; each network needs an "
+                    "'operator' (a registry name) and that operator's synthetic_network settings"
+                )
 
     @classmethod
     def demo(cls) -> ObservingSystem:
@@ -131,11 +147,22 @@ class ObservingSystem:
         ops += self._stations(rng, spec, times)
         ops += self._satellites(times, spec)
         ops += self._sondes(rng, spec, times)
+        ops += self._networks(rng, grid, spec, times)
         if not ops:
-            raise ValueError("ObservingSystem: observes nothing (no stations, swaths or sondes)")
+            raise ValueError("ObservingSystem: observes nothing (no stations, swaths, sondes or networks)")
         return [op.simulate(x, grid, spec, times, generator=gen) for op in ops]
 
     # ------------------------------------------------------------------ families
+    def _networks(self, rng: np.random.Generator, grid: Grid, spec: StateSpec, times: np.ndarray) -> list[ObsOperator]:
+        ops: list[ObsOperator] = []
+        for net in self.networks:
+            settings = dict(net)
+            name = settings.pop("operator")
+            context = ObsContext(grid=grid, spec=spec, times=times, rng=rng, name=f"network {name!r}")
+            built = _operator_class(name).synthetic_network(context, **settings)
+            ops += list(built) if isinstance(built, list | tuple) else [built]
+        return ops
+
     def _stations(self, rng: np.random.Generator, spec: StateSpec, times: np.ndarray) -> list[ObsOperator]:
         variables = [v for v in self.station_variables if v in spec.surface]
         if self.stations <= 0 or not variables:
