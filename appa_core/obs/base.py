@@ -29,6 +29,7 @@ from torch import Tensor
 
 from appa_core.grid import Grid
 from appa_core.noise import DiagonalGaussian, NoiseModel
+from appa_core.obs.sparse import CSRMatrix, csr_matmul
 from appa_core.obs.validate import check_times_in_window, to_datetime64
 from appa_core.spec import StateSpec
 
@@ -317,29 +318,26 @@ class SparseLinearOperator(ObsOperator):
     r"""An affine operator :math:`\mathcal{H}(x) = A\,\mathrm{vec}(x) + b` with a sparse ``A``.
 
     Subclasses build ``A`` (scipy CSR, ``[M, T*C*H*W]``) and optionally ``b`` (``[M]``) in ``_prepare`` and store
-    them with :meth:`_set_matrix`; ``forward`` is then a sparse matrix product, batched over ``B`` and
-    differentiable with respect to ``x``.
+    them with :meth:`_set_matrix`; ``forward`` is then a sparse matrix product (:func:`appa_core.obs.sparse.
+    csr_matmul`: forward CSR product, backward transposed CSR product), batched over ``B`` and differentiable
+    with respect to ``x`` (backward, double backward, ``jvp``, ``vmap``).
     """
 
     linear: ClassVar[bool] = True
 
     _A: sp.csr_array | None = attrs.field(default=None, init=False, repr=False)
     _b: np.ndarray | None = attrs.field(default=None, init=False, repr=False)
-    _coo: tuple[np.ndarray, np.ndarray, np.ndarray] | None = attrs.field(default=None, init=False, repr=False)
-    _cache: dict[tuple[torch.dtype, str], tuple[Tensor, Tensor, Tensor, Tensor | None]] = attrs.field(
-        factory=dict, init=False, repr=False
-    )
+    _csr: CSRMatrix | None = attrs.field(default=None, init=False, repr=False)
+    _b_cache: dict[tuple[torch.dtype, str], Tensor] = attrs.field(factory=dict, init=False, repr=False)
 
     def _set_matrix(self, A: sp.sparray | sp.spmatrix, b: np.ndarray | None = None) -> None:
         A = sp.csr_array(A, dtype=np.float64)
         if A.shape[0] != self.size:
             raise ValueError(f"{self.name}: matrix has {A.shape[0]} rows but there are {self.size} observations")
         A.sum_duplicates()
-        self._A, self._b, self._cache = A, None if b is None else np.asarray(b, dtype=np.float64), {}
-        # entries in column order, computed here in prepare: the forward's gather then reads the state in memory
-        # order (5x faster than row order for 10^6 stations on a 0.25 deg grid, benchmarks/operators.py)
-        coo = A.tocsc().tocoo()
-        self._coo = (coo.row.astype(np.int64), coo.col.astype(np.int64), coo.data)
+        self._A, self._b, self._b_cache = A, None if b is None else np.asarray(b, dtype=np.float64), {}
+        # rows sorted by their first column for the products (memory locality: benchmarks/operators.py)
+        self._csr = CSRMatrix(A, reorder=True)
 
     def matrix(self) -> sp.csr_array:
         if self._A is None:
@@ -350,23 +348,15 @@ class SparseLinearOperator(ObsOperator):
         """The affine offset ``b`` ``[M]`` (zeros for purely linear operators)."""
         return np.zeros(self.size) if self._b is None else self._b
 
-    def _torch_matrix(self, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        key = (dtype, str(device))
-        if key not in self._cache:
-            self.matrix()  # raises if not prepared
-            assert self._coo is not None
-            row, col, val = self._coo
-            rows = torch.as_tensor(row, device=device)
-            cols = torch.as_tensor(col, device=device)
-            data = torch.as_tensor(val, dtype=dtype, device=device)
-            b = None if self._b is None else torch.as_tensor(self._b, dtype=dtype, device=device)
-            self._cache[key] = (rows, cols, data, b)
-        return self._cache[key]
-
     def forward(self, x: Tensor) -> Tensor:
-        # gather + index_add rather than a torch.sparse product: it supports forward-mode AD (jvp), vmap and
-        # double backward, which the guidance needs.
-        rows, cols, data, b = self._torch_matrix(x.dtype, x.device)
-        flat = x.reshape(x.shape[0], -1)
-        out = flat.new_zeros(x.shape[0], self.size).index_add(1, rows, flat.index_select(1, cols) * data)
-        return out if b is None else out + b
+        # the CSR product of appa_core.obs.sparse: a custom autograd function (backward = transposed product)
+        # that supports jvp, vmap and double backward, which the guidance needs.
+        self.matrix()  # raises if not prepared
+        assert self._csr is not None
+        out = csr_matmul(x.reshape(x.shape[0], -1), self._csr)
+        if self._b is None:
+            return out
+        key = (x.dtype, str(x.device))
+        if key not in self._b_cache:
+            self._b_cache[key] = torch.as_tensor(self._b, dtype=x.dtype, device=x.device)
+        return out + self._b_cache[key]

@@ -309,8 +309,8 @@ class PointOperator(SparseLinearOperator):
     def _adopt_prepared(self, other: Self) -> None:
         """The matrix does not depend on the values: share ``other``'s instead of preparing again."""
         self.grid, self.spec, self.window = other.grid, other.spec, other.window
-        self._stencil, self._A, self._b, self._coo = other._stencil, other._A, other._b, other._coo
-        self._cache = other._cache
+        self._stencil, self._A, self._b, self._csr = other._stencil, other._A, other._b, other._csr
+        self._b_cache = other._b_cache
 
     # ------------------------------------------------------------------ diagnostics
     def metadata(self) -> dict[str, np.ndarray]:
