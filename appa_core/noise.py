@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 import attrs
@@ -47,7 +48,6 @@ from torch import Tensor
 from appa_core.linalg import woodbury_capacitance, woodbury_solve
 
 __all__ = [
-    "DEFAULT_ERRORS",
     "BlockDiagonal",
     "CorrelatedGaussian",
     "DiagonalGaussian",
@@ -60,47 +60,63 @@ __all__ = [
 _LOG_2PI = math.log(2 * math.pi)
 
 
-#: Default observation-error standard deviations per variable, in the variable's units, used by the point and
-#: gridded operator families when ``error`` is not given: typical in situ values (WMO/ECMWF order of magnitude,
-#: plus representativeness on coarse grids).
-DEFAULT_ERRORS: dict[str, float] = {
-    "2m_temperature": 1.0,
-    "2m_dewpoint_temperature": 1.5,
-    "skin_temperature": 1.5,
-    "sea_surface_temperature": 0.5,
-    "10m_u_component_of_wind": 1.5,
-    "10m_v_component_of_wind": 1.5,
-    "10m_wind_speed": 1.5,
-    "mean_sea_level_pressure": 100.0,
-    "surface_pressure": 100.0,
-    "total_precipitation_6hr": 1e-3,
-    "total_column_water_vapour": 2.0,
-    "temperature": 1.0,
-    "u_component_of_wind": 2.0,
-    "v_component_of_wind": 2.0,
-    "wind_speed": 2.0,
-    "vertical_velocity": 0.1,
-    "specific_humidity": 5e-4,
-    "relative_humidity": 10.0,
-    "geopotential": 100.0,
-}
+def default_errors(
+    owner: str, variables: Sequence[str], codes: np.ndarray, table: Mapping[str, float] | None = None
+) -> np.ndarray:
+    """Per-observation default error stds ``[M]`` from an operator family's per-variable ``table``.
 
-
-def default_errors(owner: str, variables: Sequence[str], codes: np.ndarray) -> np.ndarray:
-    """Per-observation default error stds ``[M]`` from :data:`DEFAULT_ERRORS`.
+    Each family owns its table (``appa_op_stations.DEFAULT_ERRORS``, ``appa_op_fields.DEFAULT_ERRORS``, ...): the core
+    holds none.
 
     Args:
         owner: the operator's name, for the error message.
         variables: the distinct observed variables.
         codes: index into ``variables`` per observation ``[M]``.
+        table: ``variable -> std`` in the variable's units. ``None`` is deprecated (appa-core 0.1 had one table for
+            every family): it warns and uses the station family's table.
     """
-    missing = [v for v in variables if v not in DEFAULT_ERRORS]
+    if table is None:
+        warnings.warn(
+            "default_errors() without 'table' is deprecated and will be removed in the next release: pass the "
+            "family's table (the station family's is appa_op_stations.DEFAULT_ERRORS)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        table = _moved_default_errors()
+    missing = [v for v in variables if v not in table]
     if missing:
         raise ValueError(
             f"{owner}: field 'error' is not given and variable {missing[0]!r} has no default error; "
             f"give 'error' (std per observation) or a noise model"
         )
-    return np.array([DEFAULT_ERRORS[v] for v in variables])[codes]
+    return np.array([table[v] for v in variables])[codes]
+
+
+def _moved_default_errors() -> Mapping[str, float]:
+    """The 0.1 table ``appa_core.noise.DEFAULT_ERRORS``, now the station family's (deprecated path)."""
+    import importlib
+
+    try:
+        return importlib.import_module("appa_op_stations").DEFAULT_ERRORS  # type: ignore[no-any-return]
+    except ImportError as exc:
+        raise ImportError(
+            "appa_core.noise.DEFAULT_ERRORS moved to appa_op_stations.DEFAULT_ERRORS (distribution appa-op-stations), "
+            "which is not installed: pip install -e operators/stations"
+        ) from exc
+
+
+def __getattr__(name: str) -> object:
+    """Deprecated: ``DEFAULT_ERRORS`` (per-variable default errors) belongs to the operator families."""
+    if name == "DEFAULT_ERRORS":
+        warnings.warn(
+            "appa_core.noise.DEFAULT_ERRORS is deprecated and will be removed in the next release: it moved to "
+            "appa_op_stations.DEFAULT_ERRORS (each operator family owns its default errors, e.g. "
+            "appa_op_fields.DEFAULT_ERRORS)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return _moved_default_errors()
+    raise AttributeError(f"module 'appa_core.noise' has no attribute {name!r}")
 
 
 def _std_tensor(owner: str, field: str, value: object) -> Tensor:

@@ -307,3 +307,21 @@ def test_example_is_valid_and_prepares() -> None:
     op.prepare(grid, spec, times)
     x = torch.full((2, times.size, spec.n_channels, *grid.shape), 280.0, dtype=torch.float64)
     assert op(x).shape == (2, op.size) and torch.isfinite(op(x)).all()
+
+
+def test_default_errors_belong_to_the_family_and_the_old_core_path_warns() -> None:
+    """The station family owns its per-variable default errors (issue 11: the core holds no family's table); the 0.1
+    names appa_core.noise.DEFAULT_ERRORS and default_errors() without a table warn and give the station table."""
+    import appa_core.noise as noise
+
+    assert DEFAULT_ERRORS["2m_temperature"] == 1.0 and DEFAULT_ERRORS["mean_sea_level_pressure"] == 100.0
+    assert "DEFAULT_ERRORS" not in noise.__all__
+    with pytest.warns(DeprecationWarning, match=r"appa_core.noise.DEFAULT_ERRORS is deprecated .* appa_op_stations"):
+        assert noise.DEFAULT_ERRORS is DEFAULT_ERRORS
+    with pytest.warns(DeprecationWarning, match=r"default_errors\(\) without 'table' is deprecated"):
+        std = noise.default_errors("op", ["2m_temperature", "surface_pressure"], np.array([1, 0, 1]))
+    np.testing.assert_array_equal(std, [100.0, 1.0, 100.0])
+    custom = noise.default_errors("op", ["2m_temperature"], np.array([0, 0]), {"2m_temperature": 0.3})
+    np.testing.assert_array_equal(custom, [0.3, 0.3])
+    with pytest.raises(ValueError, match=r"op: field 'error' is not given and variable 'x' has no default error"):
+        noise.default_errors("op", ["x"], np.array([0]), {})

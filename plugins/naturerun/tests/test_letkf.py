@@ -229,3 +229,16 @@ def test_letkf_lorenz96_twin():
     assert clim_rmse > 3.0
     print(f"L96 LETKF N=20: analysis RMSE {rmse:.3f}, climatology {clim_rmse:.2f}")
     assert rmse < 0.26, rmse
+
+
+def test_old_letkf_path_warns_and_resolves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """appa_core.letkf (0.1) moved next to the EnKF that cycles it; the old path warns for one release."""
+    import importlib
+    import sys
+
+    import appa_naturerun.letkf as new
+
+    monkeypatch.delitem(sys.modules, "appa_core.letkf", raising=False)
+    with pytest.warns(DeprecationWarning, match=r"appa_core.letkf is deprecated .* moved to appa_naturerun.letkf"):
+        old = importlib.import_module("appa_core.letkf")
+    assert old is new and old.letkf is new.letkf

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from appa_core.grid import Grid
-from appa_core.noise import DEFAULT_ERRORS, DiagonalGaussian, NoiseModel
+from appa_core.noise import DiagonalGaussian, NoiseModel
 from appa_core.obs import SparseLinearOperator, time_interpolation
 from appa_core.obs.interp import product_stencil_matrix
 from appa_core.obs.validate import check_finite, check_positive, to_datetime64, to_float_array
@@ -41,6 +41,32 @@ if TYPE_CHECKING:
     from appa_core.obs import ObsContext, ObsOperator
 
 __all__ = ["DEFAULT_ERRORS", "MaskedFieldOp", "parse_channel"]
+
+#: Default observation-error standard deviations per variable, in the variable's units, of this family's operators
+#: (gridded fields and pressure-level profiles) when ``error`` is not given: typical in situ values (WMO/ECMWF order
+#: of magnitude, plus representativeness on coarse grids); the same values as the station family's today, but each
+#: family owns its defaults.
+DEFAULT_ERRORS: dict[str, float] = {
+    "2m_temperature": 1.0,
+    "2m_dewpoint_temperature": 1.5,
+    "skin_temperature": 1.5,
+    "sea_surface_temperature": 0.5,
+    "10m_u_component_of_wind": 1.5,
+    "10m_v_component_of_wind": 1.5,
+    "10m_wind_speed": 1.5,
+    "mean_sea_level_pressure": 100.0,
+    "surface_pressure": 100.0,
+    "total_precipitation_6hr": 1e-3,
+    "total_column_water_vapour": 2.0,
+    "temperature": 1.0,
+    "u_component_of_wind": 2.0,
+    "v_component_of_wind": 2.0,
+    "wind_speed": 2.0,
+    "vertical_velocity": 0.1,
+    "specific_humidity": 5e-4,
+    "relative_humidity": 10.0,
+    "geopotential": 100.0,
+}
 
 _CHANNEL = re.compile(r"^\s*([^@\s]+)\s*(?:@\s*([0-9.eE+-]+)\s*)?$")
 

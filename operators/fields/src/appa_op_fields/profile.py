@@ -27,6 +27,7 @@ from appa_core.noise import DiagonalGaussian, NoiseModel, default_errors
 from appa_core.obs import PointOperator
 from appa_core.obs.validate import broadcast_floats, check_positive
 from appa_core.spec import StateSpec
+from appa_op_fields.masked import DEFAULT_ERRORS
 
 __all__ = ["PressureLevelOp", "log_pressure_weights"]
 
@@ -119,7 +120,7 @@ class PressureLevelOp(PointOperator):
     def default_noise(self) -> NoiseModel:
         if self.error is not None:
             return DiagonalGaussian(self.error)
-        return DiagonalGaussian(default_errors(str(self.name), self._names, self._codes))
+        return DiagonalGaussian(default_errors(str(self.name), self._names, self._codes, DEFAULT_ERRORS))
 
     def _channel_stencil(self, spec: StateSpec) -> tuple[np.ndarray, np.ndarray]:
         """The two model levels bracketing each pressure and their log-pressure weights, ``[M, 2]`` each."""

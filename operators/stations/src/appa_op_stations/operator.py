@@ -32,12 +32,38 @@ import attrs
 import numpy as np
 
 from appa_core.grid import Grid
-from appa_core.noise import DEFAULT_ERRORS, DiagonalGaussian, NoiseModel, default_errors
+from appa_core.noise import DiagonalGaussian, NoiseModel, default_errors
 from appa_core.obs import PointOperator, PointStencil
 from appa_core.obs.validate import broadcast_floats, check_positive, field_on_grid
 from appa_core.spec import StateSpec
 
 __all__ = ["DEFAULT_ERRORS", "LAPSE_RATE", "R_DRY", "G", "StationOp"]
+
+#: Default observation-error standard deviations per variable, in the variable's units, when ``error`` is not given:
+#: typical in situ values (WMO/ECMWF order of magnitude, plus representativeness on coarse grids). The station
+#: family's own table (appa-core 0.1 kept it as ``appa_core.noise.DEFAULT_ERRORS``, which now warns and gives this).
+DEFAULT_ERRORS: dict[str, float] = {
+    "2m_temperature": 1.0,
+    "2m_dewpoint_temperature": 1.5,
+    "skin_temperature": 1.5,
+    "sea_surface_temperature": 0.5,
+    "10m_u_component_of_wind": 1.5,
+    "10m_v_component_of_wind": 1.5,
+    "10m_wind_speed": 1.5,
+    "mean_sea_level_pressure": 100.0,
+    "surface_pressure": 100.0,
+    "total_precipitation_6hr": 1e-3,
+    "total_column_water_vapour": 2.0,
+    "temperature": 1.0,
+    "u_component_of_wind": 2.0,
+    "v_component_of_wind": 2.0,
+    "wind_speed": 2.0,
+    "vertical_velocity": 0.1,
+    "specific_humidity": 5e-4,
+    "relative_humidity": 10.0,
+    "geopotential": 100.0,
+}
+
 
 #: Standard gravity, m s**-2.
 G = 9.80665
@@ -142,7 +168,7 @@ class StationOp(PointOperator):
     def default_noise(self) -> NoiseModel:
         if self.error is not None:
             return DiagonalGaussian(self.error)
-        return DiagonalGaussian(default_errors(str(self.name), self._names, self._codes))
+        return DiagonalGaussian(default_errors(str(self.name), self._names, self._codes, DEFAULT_ERRORS))
 
     # ------------------------------------------------------------------ prepare
     def _channel_stencil(self, spec: StateSpec) -> tuple[np.ndarray, np.ndarray]:
