@@ -19,9 +19,9 @@ import pandas as pd
 import pytest
 import torch
 import xarray as xr
-from appa_workflows.assimilate import AssimilateConfig, ConfigError, load_config, main, run
 
 from appa_core.data import load_truth_slice
+from appa_workflows.assimilate import AssimilateConfig, ConfigError, load_config, main, run
 
 START = "2000-01-30T00:00"
 STRIDE = 8  # 48 x 96 -> 6 x 12

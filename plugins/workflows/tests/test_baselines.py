@@ -10,15 +10,6 @@ import pytest
 import scipy.sparse as sp
 import torch
 import xarray as xr
-from appa_workflows.baselines import (
-    CLIMATOLOGY_NAME,
-    Climatology,
-    _SharedSigmaGaussianPrior,
-    climatology_resource,
-    load_climatology,
-    oi_prior,
-    persistence,
-)
 
 from appa_core.data import DEMO_SPEC, TrajectoryWindows, synthetic_wb2
 from appa_core.gaussian import GaussianPrior, LowRankDiag
@@ -28,6 +19,15 @@ from appa_core.obs import SparseLinearOperator
 from appa_core.sampler import Sampler
 from appa_core.spec import StateSpec
 from appa_core.state import dataset_to_tensor, tensor_to_dataset
+from appa_workflows.baselines import (
+    CLIMATOLOGY_NAME,
+    Climatology,
+    _SharedSigmaGaussianPrior,
+    climatology_resource,
+    load_climatology,
+    oi_prior,
+    persistence,
+)
 
 
 @attrs.define(kw_only=True, eq=False)

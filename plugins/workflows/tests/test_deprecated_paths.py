@@ -34,9 +34,8 @@ def test_old_module_path_warns_and_resolves(old: str, new: str, name: str, monke
 
 
 def test_top_level_observing_system_warns_and_resolves(monkeypatch: pytest.MonkeyPatch) -> None:
-    from appa_workflows.observing import ObservingSystem
-
     import appa_core
+    from appa_workflows.observing import ObservingSystem
 
     monkeypatch.delitem(sys.modules, "appa_core.observing", raising=False)
     monkeypatch.delitem(vars(appa_core), "ObservingSystem", raising=False)
@@ -46,9 +45,8 @@ def test_top_level_observing_system_warns_and_resolves(monkeypatch: pytest.Monke
 
 
 def test_metrics_main_evaluate_warns_and_resolves() -> None:
-    from appa_workflows.evaluate import main
-
     import appa_core.metrics as metrics
+    from appa_workflows.evaluate import main
 
     with pytest.warns(DeprecationWarning, match=r"main_evaluate is deprecated .* appa_workflows.evaluate.main"):
         assert metrics.main_evaluate is main
