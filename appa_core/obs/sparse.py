@@ -43,11 +43,14 @@ class CSRMatrix:
     Args:
         matrix: the matrix (any scipy sparse format; converted to CSR float64, duplicates summed).
         reorder: store the rows sorted by their first column (better memory locality for scattered rows).
+        canonical: sum duplicate entries (and sort the columns of each row); ``False`` trusts the caller that no
+            row repeats a column (the products do not need sorted columns), which saves a sort in ``prepare``.
     """
 
-    def __init__(self, matrix: sp.sparray | sp.spmatrix, reorder: bool = False) -> None:
+    def __init__(self, matrix: sp.sparray | sp.spmatrix, reorder: bool = False, canonical: bool = True) -> None:
         A = sp.csr_array(matrix, dtype=np.float64)
-        A.sum_duplicates()
+        if canonical:
+            A.sum_duplicates()
         self.shape: tuple[int, int] = (int(A.shape[0]), int(A.shape[1]))
         self.order: np.ndarray | None = None
         self._inverse: np.ndarray | None = None

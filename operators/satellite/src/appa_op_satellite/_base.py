@@ -12,14 +12,24 @@ where :math:`w_{n,k}` is the footprint-averaging stencil (:mod:`appa_op_satellit
 vertical weights (identity for ``SwathOp``, the weighting functions for ``RadianceOp``). Observations are ordered
 footprint-major: ``m = n * K + c``.
 
-The forward pass is factored: gather the profile ``P`` ``[B, L, N]`` (gather + ``index_add``), then contract with
-``V``; this costs ``O(L * nnz(w))`` instead of ``O(K * L * nnz(w))`` for the explicit matrix, supports jvp/vjp/vmap,
-and the sparse matrix ``[N*K, T*C*H*W]`` is only built when :meth:`matrix` is called.
+The forward pass is factored: the profile ``P`` ``[B, L, N]`` is a sparse CSR product, then it is contracted with
+``V``; this costs ``O(L * nnz(w))`` instead of ``O(K * L * nnz(w))`` for the explicit matrix. The footprints are
+grouped by the window interval that brackets their time (contiguous for a chronological swath; otherwise they are
+permuted once in ``prepare``); for the footprints of interval ``[t_g, t_{g+1}]`` with stencil rows ``W_g``
+(CSR ``[N_g, H*W]``, the footprint weights :math:`w_{n,k}` themselves),
+
+.. math:: P_{g} = (1 - \alpha) \odot (W_g\, x_{t_g}) + \alpha \odot (W_g\, x_{t_{g+1}}),
+
+each product through :func:`appa_core.obs.sparse.csr_matmul` (a custom autograd function: forward CSR product,
+backward transposed CSR product, jvp, vmap). ``prepare`` only builds the footprint stencil (vectorised, directly in
+CSR form) and views of its rows: no expanded space-time copy. The full sparse matrix ``[N*K, T*C*H*W]`` is only
+built when :meth:`matrix` is called.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
@@ -31,6 +41,7 @@ from torch import Tensor
 
 from appa_core.grid import Grid
 from appa_core.obs import SparseLinearOperator, time_interpolation
+from appa_core.obs.sparse import CSRMatrix, csr_matmul
 from appa_core.obs.validate import (
     check_finite,
     check_lat,
@@ -42,7 +53,7 @@ from appa_core.obs.validate import (
     to_float_array,
 )
 from appa_core.spec import StateSpec
-from appa_op_satellite.footprint import KERNELS, FootprintStencil, footprint_stencil
+from appa_op_satellite.footprint import KERNELS, FootprintStencil, concat_stencils, footprint_stencil
 from appa_op_satellite.orbit import Footprints, Orbit, Swath
 
 if TYPE_CHECKING:
@@ -96,7 +107,10 @@ class FootprintOperator(SparseLinearOperator):
     _profile_channels: np.ndarray | None = attrs.field(default=None, init=False, repr=False)
     _vertical: np.ndarray | None = attrs.field(default=None, init=False, repr=False)
     _time_weights: tuple[np.ndarray, np.ndarray, np.ndarray] | None = attrs.field(default=None, init=False, repr=False)
-    _st: tuple[np.ndarray, np.ndarray, np.ndarray] | None = attrs.field(default=None, init=False, repr=False)
+    #: per window interval: (first row, end row, t0, t1, stencil rows as CSRMatrix), rows in ``_order``
+    _groups: list[tuple[int, int, int, int, CSRMatrix]] | None = attrs.field(default=None, init=False, repr=False)
+    _order: np.ndarray | None = attrs.field(default=None, init=False, repr=False)
+    _group_stencils: list[FootprintStencil] | None = attrs.field(default=None, init=False, repr=False)
     _tensors: dict[tuple[torch.dtype, str], tuple[Tensor, ...]] = attrs.field(factory=dict, init=False, repr=False)
 
     linear: ClassVar[bool] = True
@@ -179,61 +193,75 @@ class FootprintOperator(SparseLinearOperator):
     def _prepare(self, grid: Grid, spec: StateSpec, times: np.ndarray) -> None:
         channels, vertical = self._vertical_weights(spec)
         i0, i1, w1 = time_interpolation(str(self.name), self.time, times)
-        stencil = footprint_stencil(grid, self.lat, self.lon, self.radius_km, self.kernel, self.method)  # type: ignore[arg-type]
         self._profile_channels = np.asarray(channels, dtype=np.int64)
         self._vertical = np.asarray(vertical, dtype=np.float64)
         self._time_weights = (i0, i1, w1)
-        self._stencil = stencil
-        self._A, self._b, self._cache, self._tensors = None, None, {}, {}
-        self._st = self._space_time(grid, spec)
-
-    def _space_time(self, grid: Grid, spec: StateSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Space-time stencil ``(rows [E], base_cols [E], w [E])``: ``P[n, l] = sum w x_flat[base + s_l * H*W]``."""
-        assert self._stencil is not None and self._time_weights is not None
-        st = self._stencil
-        i0, i1, w1 = self._time_weights
-        hw = grid.nlat * grid.nlon
-        r = st.rows
-        a = w1[r]
-        rows = np.concatenate([r, r])
-        times = np.concatenate([i0[r], i1[r]])
-        w = np.concatenate([st.weights * (1.0 - a), st.weights * a])
-        keep = w != 0
-        base = times[keep] * (spec.n_channels * hw) + np.concatenate([st.cells, st.cells])[keep]
-        return rows[keep], base, w[keep]
+        self._A, self._b, self._csr, self._tensors, self._stencil = None, None, None, {}, None
+        # group the footprints by their window interval (contiguous for a chronological swath), one stencil each
+        order = None if np.all(np.diff(i0) >= 0) else np.argsort(i0, kind="stable")
+        sel = slice(None) if order is None else order
+        lat, lon, t0s, t1s = self.lat[sel], self.lon[sel], i0[sel], i1[sel]
+        radius = None if self.radius_km is None else np.broadcast_to(self.radius_km, lat.shape)[sel]
+        bounds = np.flatnonzero(np.diff(t0s)) + 1
+        groups, stencils = [], []
+        for a, b in itertools.pairwise([0, *bounds.tolist(), lat.size]):
+            r = None if radius is None else radius[a:b]
+            st = footprint_stencil(grid, lat[a:b], lon[a:b], r, self.kernel, self.method)  # type: ignore[arg-type]
+            stencils.append(st)
+            # distinct cells per row: no duplicate to sum, and the products need no sorted columns
+            groups.append(
+                (a, b, int(t0s[a]), int(t1s[a]), CSRMatrix(st.matrix(grid.nlat * grid.nlon), canonical=False))
+            )
+        self._groups, self._order = groups, order
+        self._group_stencils = stencils
 
     def _torch_parts(self, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, ...]:
+        """``(channels [L], alpha [N] in group order, inverse order [N] or empty, V [N or 1, K, L])``."""
         key = (dtype, str(device))
         if key not in self._tensors:
-            assert self.grid is not None and self._vertical is not None and self._st is not None
-            rows, base, w = self._st
-            hw = self.grid.nlat * self.grid.nlon
-            cols = base[None, :] + self._profile_channels[:, None] * hw  # [L, E]
+            assert self._time_weights is not None and self._vertical is not None
+            alpha = self._time_weights[2] if self._order is None else self._time_weights[2][self._order]
+            inverse = np.empty(0, np.int64) if self._order is None else np.argsort(self._order)
             self._tensors[key] = (
-                torch.as_tensor(rows, dtype=torch.int64, device=device),
-                torch.as_tensor(cols, dtype=torch.int64, device=device),
-                torch.as_tensor(w, dtype=dtype, device=device),
+                torch.as_tensor(self._profile_channels, dtype=torch.int64, device=device),
+                torch.as_tensor(alpha, dtype=dtype, device=device),
+                torch.as_tensor(inverse, dtype=torch.int64, device=device),
                 torch.as_tensor(self._vertical, dtype=dtype, device=device),
             )
         return self._tensors[key]
 
     def forward(self, x: Tensor) -> Tensor:
         """``[B, T, C, H, W]`` -> ``[B, N * K]`` (see the module docstring)."""
-        rows, cols, w, vertical = self._torch_parts(x.dtype, x.device)
-        flat = x.reshape(x.shape[0], -1)
-        gathered = flat[:, cols] * w  # [B, L, E]
-        profile = gathered.new_zeros(x.shape[0], cols.shape[0], self.n_footprints).index_add(2, rows, gathered)
+        assert self._groups is not None
+        channels, alpha, inverse, vertical = self._torch_parts(x.dtype, x.device)
+        b, t = x.shape[0], x.shape[1]
+        xs = x.index_select(2, channels).reshape(b, t, channels.numel(), -1)  # [B, T, L, H*W]
+        parts = []
+        for lo, hi, t0, t1, rows in self._groups:
+            pair = xs[:, t0 : t0 + 1] if t1 == t0 else xs[:, t0 : t1 + 1 : t1 - t0]  # [B, 1 or 2, L, H*W]
+            p = csr_matmul(pair, rows)  # [B, 1 or 2, L, N_g]
+            a = alpha[lo:hi]
+            parts.append(p[:, 0] if t1 == t0 else (1.0 - a) * p[:, 0] + a * p[:, 1])
+        profile = torch.cat(parts, dim=-1)  # [B, L, N]
+        if inverse.numel():
+            profile = profile[..., inverse]
         out = torch.einsum("bln,nkl->bnk", profile, vertical.expand(self.n_footprints, -1, -1))
-        return out.reshape(x.shape[0], -1)
+        return out.reshape(b, -1)
 
     def matrix(self) -> sp.csr_array:
         """The sparse matrix ``[N * K, T*C*H*W]`` (built on first call, vectorised, loop over ``K x L`` only)."""
         if self._A is None:
             if not self.prepared or self._vertical is None:
                 raise RuntimeError(f"{self.name}: call prepare(grid, spec, times) before matrix()")
-            assert self.grid is not None and self.spec is not None and self.window is not None and self._st is not None
-            rows, base, w = self._st
+            assert self.grid is not None and self.spec is not None and self.window is not None
+            assert self._time_weights is not None
+            st = self.footprint_weights()
+            i0, i1, w1 = self._time_weights
             hw = self.grid.nlat * self.grid.nlon
+            r = st.rows
+            rows = np.concatenate([r, r])
+            w = np.concatenate([st.weights * (1.0 - w1[r]), st.weights * w1[r]])
+            base = np.concatenate([i0[r], i1[r]]) * (self.spec.n_channels * hw) + np.concatenate([st.cells, st.cells])
             k = self.n_components
             vert = self._vertical
             shared = vert.shape[0] == 1
@@ -251,15 +279,17 @@ class FootprintOperator(SparseLinearOperator):
                 (np.concatenate(parts_d), (np.concatenate(parts_r), np.concatenate(parts_c))),
                 shape=(self.size, n_cols),
             ).tocsr()
+            A.sum_duplicates()
             A.eliminate_zeros()
-            self._set_matrix(A)
-        assert self._A is not None
+            self._A = A
         return self._A
 
     def footprint_weights(self) -> FootprintStencil:
         """The horizontal footprint-averaging stencil (after :meth:`prepare`)."""
         if self._stencil is None:
-            raise RuntimeError(f"{self.name}: call prepare(grid, spec, times) first")
+            if self._group_stencils is None or self.grid is None:
+                raise RuntimeError(f"{self.name}: call prepare(grid, spec, times) first")
+            self._stencil = concat_stencils(self._group_stencils, self._order)
         return self._stencil
 
     def metadata(self) -> dict[str, np.ndarray]:
@@ -285,7 +315,9 @@ class FootprintOperator(SparseLinearOperator):
         """Reuse ``other``'s prepared geometry (same footprints and times): no second ``prepare``."""
         self.grid, self.spec, self.window = other.grid, other.spec, other.window
         self._stencil, self._time_weights = other._stencil, other._time_weights
-        self._profile_channels, self._vertical, self._st = other._profile_channels, other._vertical, other._st
+        self._profile_channels, self._vertical = other._profile_channels, other._vertical
+        self._groups, self._order, self._tensors = other._groups, other._order, other._tensors
+        self._group_stencils = other._group_stencils
 
     @classmethod
     def from_orbit(
