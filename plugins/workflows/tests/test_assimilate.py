@@ -569,13 +569,16 @@ def test_gaussian_prior_from_a_store(tmp_path: Path, truth: xr.Dataset) -> None:
 
 @pytest.mark.slow
 def test_demo_prior_reanalysis(tmp_path: Path) -> None:
-    """The bundled demo prior end to end (2 steps, 2 members, 2 states)."""
+    """The bundled demo prior end to end (2 steps, 2 members, 2 states): the posterior fits the 6 stations' 2 m
+    temperatures to about their 1 K error (normalised innovation RMS 1.1 measured), while away from them it is only
+    as good as the prior (global 2 m temperature RMSE about 8 K): the observations are assimilated, locally."""
     obs = [
         {
             "operator": "station",
+            "name": "st",
             "variable": "2m_temperature",
-            "lat": [45.0, -10.0],
-            "lon": [10.0, 300.0],
+            "lat": [45.0, -10.0, 60.0, 0.0, -45.0, 30.0],
+            "lon": [10.0, 300.0, 100.0, 200.0, 150.0, 250.0],
             "simulate": True,
         }
     ]
@@ -591,3 +594,7 @@ def test_demo_prior_reanalysis(tmp_path: Path) -> None:
         "longitude": 96,
     }
     assert res.scores is not None and res.scores.shape == (24, 4) and np.isfinite(res.scores.to_numpy()).all()
+    innovation = res.dataset["obs_st_innovation"].values / res.dataset["obs_st_std"].values  # (y - H(mean)) / std
+    assert innovation.size == 12 and float(np.sqrt(np.mean(innovation**2))) < 2.0
+    global_rmse = float(res.scores.loc["2m_temperature", "rmse"])
+    assert global_rmse > 3.0 and float(np.abs(res.dataset["obs_st_innovation"].values).mean()) < 0.3 * global_rmse
