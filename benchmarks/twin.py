@@ -72,7 +72,10 @@ STEP = np.timedelta64(6, "h")
 TRUTH = "data/naturerun_heldout.zarr"
 TRAIN = "data/naturerun_train.zarr"
 TRAIN_SPLIT = ("2000-01-01", "2000-11-30T18")  # the demo prior's training split (train.toml)
-ENKF_CLI = ".venv-naturerun/bin/appa-naturerun-enkf"
+ENKF_CLI = shutil.which("appa-naturerun-enkf") or str(Path(sys.executable).parent / "appa-naturerun-enkf")
+#: Settings tuned on training dates by ``benchmarks/tune_baselines.py`` (EnKF inflation / localization, OI rank /
+#: samples); they are the defaults of the matching options when the file exists.
+TUNED = ROOT / "benchmarks" / "tuned_baselines.json"
 METHODS = ("prior", "oi", "enkf", "climatology", "persistence", "unconditioned")
 SAMPLED = ("prior", "oi")
 #: label -> (variable, level, display factor, display unit)
@@ -127,9 +130,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--oi-cg-iters", type=int, default=None, help="CG iteration cap for OI (with --tol 0: fixed)")
     p.add_argument("--oi-window", type=int, default=5, help="states per OI prior window")
-    p.add_argument("--oi-rank", type=int, default=64)
-    p.add_argument("--oi-samples", type=int, default=256, help="training windows for the OI covariance")
+    tuned = json.loads(TUNED.read_text()) if TUNED.exists() else {}
+    t_oi, t_enkf = tuned.get("oi", {}), tuned.get("enkf", {})
+    p.add_argument("--oi-rank", type=int, default=t_oi.get("rank", 64), help="(tuned_baselines.json or 64)")
+    p.add_argument(
+        "--oi-samples",
+        type=int,
+        default=t_oi.get("n_samples", 256),
+        help="training windows for the OI covariance (tuned_baselines.json or 256)",
+    )
     p.add_argument("--enkf-members", type=int, default=None, help="EnKF ensemble size (20; quick 10)")
+    p.add_argument("--enkf-inflation", type=float, default=t_enkf.get("inflation", 1.05))
+    p.add_argument("--enkf-radius-km", type=float, default=t_enkf.get("radius_km", 2500.0))
+    p.add_argument("--enkf-rtpp", type=float, default=t_enkf.get("rtpp", 0.5))
+    p.add_argument("--enkf-rtps", type=float, default=t_enkf.get("rtps", 0.0))
+    p.add_argument(
+        "--enkf-spinup-cycles",
+        type=int,
+        default=20,
+        help="6-h EnKF cycles from a climatological ensemble (training-run states) before t0 (20 = 5 days)",
+    )
+    p.add_argument("--no-forecast", action="store_true", help="reanalyses only (used by the tuning on training dates)")
     p.add_argument(
         "--enkf-observing", nargs="+", default=None, help="observing systems run by the EnKF (all; quick: sparse)"
     )
@@ -179,7 +200,10 @@ def method_key(a: argparse.Namespace, method: str, phash: str = "") -> str:
     if method == "unconditioned":
         return f"uncond-{phash[:10]}-{a.sampler}{a.steps}-m{a.members}-s{a.seed}"
     if method == "enkf":
-        return f"enkf-m{a.enkf_members}"
+        return (
+            f"enkf-clim{a.enkf_spinup_cycles}-m{a.enkf_members}-i{a.enkf_inflation:g}-r{a.enkf_radius_km:g}"
+            f"-p{a.enkf_rtpp:g}-s{a.enkf_rtps:g}"
+        )
     return method
 
 
@@ -454,6 +478,9 @@ class Runner:
             ENKF_CLI, "--truth", a.truth, "--start", f"{date}T00", "--cycles", str(cycles),
             "--members", str(a.enkf_members), "--observing", observing, "--seed", str(a.obs_seed),
             "--forecast-hours", str(forecast_hours), "--out", str(out / "run"),
+            "--initial", "climatology", "--climate", a.train, "--bank", str(a.cache / "enkf-bank"),
+            "--spinup-cycles", str(a.enkf_spinup_cycles), "--inflation", f"{a.enkf_inflation:g}",
+            "--radius-km", f"{a.enkf_radius_km:g}", "--rtpp", f"{a.enkf_rtpp:g}", "--rtps", f"{a.enkf_rtps:g}",
         ]  # fmt: skip
         env = {**os.environ, "OMP_NUM_THREADS": "1", "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"}
         log(f"enkf          {out.name}: {' '.join(cmd)}")
@@ -486,7 +513,7 @@ class Runner:
         def main(date: str) -> list[tuple[str, ...]]:
             out: list[tuple[str, ...]] = [("unconditioned", date, "none", "all")] if "unconditioned" in want else []
             for o in a.observing:
-                out += [(m, date, o, t) for m in SAMPLED if m in want for t in ("r24", fc)]
+                out += [(m, date, o, t) for m in SAMPLED if m in want for t in ("r24", fc)[: 1 if a.no_forecast else 2]]
             return out
 
         def windows(date: str) -> list[tuple[str, ...]]:

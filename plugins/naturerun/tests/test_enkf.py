@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fake_model import GAUSS_LAT, LON, SIGMA
 
 from appa_naturerun import convert as C
-from appa_naturerun.enkf import apply_native, nearest_index, run_enkf, weights_to_native
+from appa_naturerun.enkf import apply_native, climatological_dates, nearest_index, run_enkf, weights_to_native
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("appa_core")
@@ -155,6 +155,47 @@ def test_run_enkf_with_fake_model_reduces_error(tmp_path):
     # the model state got the analysis: the fake's WB2 forecast of the first lead matches the advected analysis
     assert s["forecast"]["6"]["forecast"]["T850"] < s["cycles"][0]["background"]["T850"]
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["config"]["members"] == 8
+
+
+def test_run_enkf_rtps_relaxes_the_analysis_spread_to_the_background_spread(tmp_path):
+    """RTPS with alpha = 1 gives the analysis the background spread elementwise (Whitaker & Hamill 2012), so its
+    analysis spread is larger than without it, and the mean (hence the error reduction) is unchanged."""
+    from appa_workflows.observing import ObservingSystem
+
+    t0 = np.datetime64("2000-03-01T00:00")
+    start = {k: np.roll(v, -1, axis=1) for k, v in _base_state().items()}
+    natives = FakeEnsemble([start], t0 - np.timedelta64(6, "h")).advance(6 * 3, 6)[0]
+    truth = C.convert_chunk(natives, np.zeros((48, 96)))
+    observing = ObservingSystem(stations=200, station_variables=("2m_temperature",), swaths=0, sondes=0, radiance=False)
+    out = {}
+    for alpha in (0.0, 1.0):
+        rng = np.random.default_rng(0)
+        ens = FakeEnsemble([_perturbed(rng, 4.0) for _ in range(8)], t0)
+        out[alpha] = run_enkf(
+            ens, truth, tmp_path / f"a{alpha}", cycles=1, observing=observing, seed=1, forecast_hours=0,
+            inflation=1.0, rtpp=0.0, rtps=alpha,
+        ).summary["cycles"][0]  # fmt: skip
+    assert out[1.0]["analysis_spread"]["T850"] > 1.5 * out[0.0]["analysis_spread"]["T850"]
+    assert out[1.0]["analysis"]["T850"] == pytest.approx(out[0.0]["analysis"]["T850"], rel=1e-6)
+    assert out[1.0]["analysis"]["T850"] < 0.8 * out[1.0]["background"]["T850"]
+
+
+def test_climatological_dates_nearest_in_day_of_year(tmp_path):
+    """Members come from the climate run's dates nearest in day of year (cyclic across the year's end), skipping
+    the dates within exclude_days of the start (for a truth that is the climate run itself)."""
+    store = tmp_path / "train.zarr"
+    (tmp_path / "train.zarr.state").mkdir()
+    (tmp_path / "train.zarr.state" / "run.json").write_text(
+        json.dumps({"start": "2000-01-01T00:00", "last_time": "2000-12-30T18:00", "seed": 1, "spinup_days": 0})
+    )
+    d = lambda *s: [np.datetime64(x, "m") for x in s]  # noqa: E731
+    t = np.datetime64("2000-02-01T00:00")
+    assert climatological_dates(store, t, 5) == d("2000-01-25", "2000-01-28", "2000-01-31", "2000-02-03", "2000-02-06")
+    assert climatological_dates(store, t, 3, exclude_days=10) == d("2000-01-19", "2000-01-22", "2000-02-12")
+    wrap = climatological_dates(store, np.datetime64("2000-01-02T00:00"), 4)
+    assert wrap == d("2000-01-01", "2000-01-04", "2000-01-07", "2000-12-29")
+    with pytest.raises(ValueError, match="need members=200"):
+        climatological_dates(store, t, 200, every_days=3, exclude_days=30)
 
 
 @pytest.mark.jcm

@@ -23,14 +23,23 @@ is uncertain. One 6-hour cycle ending at ``t``:
 After the last cycle the analysis ensemble is integrated freely to ``forecast_hours`` (6-hourly output) into
 ``forecast.zarr``.
 
-Initial ensemble (the model states of the training run are not saved, and independent spin-ups cost 120 model
-days each): the truth's saved model state at or before ``t_init = start - 6 h - spinup_hours`` is loaded from
-``<truth>.state/`` and replayed to ``t_init`` (jcm is deterministic), each member gets an independent
-spectrum-matched perturbation (random-sign multiples of the state's own spherical-harmonic coefficients,
-``perturbation`` = 5 % by default, total wavenumbers >= 1, for vorticity, temperature and log p_s), and the members
-run freely for ``spinup_hours`` before the first analysis so the perturbations organise into growing,
-flow-dependent structures. This is a favourable (perturbed-truth) start, as in most OSSEs; the cycles then show
-whether the filter holds the error down. See docs/baselines.md.
+Initial ensemble (``initial``):
+
+- ``"climatology"`` (the default of the CLI, and the fair start used by ``benchmarks/twin.py``): the members are
+  model states of **another** nature run (``--climate``, e.g. the training run), drawn at the ``members`` dates
+  nearest in day of year to ``t_init`` (every ``bank_days`` days; dates closer than ``exclude_days`` to ``t_init``
+  are skipped when the climate run is the truth itself, as when tuning on training dates). Nothing about the truth
+  enters the ensemble. The training run's model states are not in its store, so they are replayed from its
+  spin-up checkpoint once (jcm is deterministic) and kept as jcm checkpoints in a *bank* directory
+  (:func:`climate_bank`); the truth is replayed to ``t_init`` only for the model clock. Each member keeps its own
+  physics carry; its dynamics' ``sim_time`` is set to the clock's. Then cycle several days before scoring
+  (``--spinup-cycles``): the filter must pull a climatological ensemble onto the truth.
+- ``"perturbed"``: the truth's own state at ``t_init`` (replayed from ``<truth>.state/``) with independent
+  spectrum-matched perturbations (random-sign multiples of the state's own spherical-harmonic coefficients,
+  ``perturbation`` = 5 %, total wavenumbers >= 1, for vorticity, temperature and log p_s), run freely for
+  ``spinup_hours``. A favourable start that knows the truth; kept for tests and comparison only.
+
+See docs/baselines.md.
 """
 
 from __future__ import annotations
@@ -126,6 +135,85 @@ def _list_truth_checkpoints(state_dir: Path) -> list[tuple[np.datetime64, Path]]
     return sorted(out, key=lambda tp: tp[0])
 
 
+def _stamp(t: np.datetime64) -> str:
+    return str(np.datetime64(t, "m")).replace("-", "").replace(":", "")[:13]
+
+
+def climate_bank(store: str | Path, bank: str | Path, times: Sequence[np.datetime64]) -> dict[np.datetime64, Path]:
+    """jcm checkpoints of a nature run's model state at ``times``, replayed from its saved checkpoints.
+
+    Args:
+        store: the nature-run store whose ``.state/`` directory holds its spin-up checkpoint and ``run.json``.
+        bank: directory of the checkpoints (``state-YYYYMMDDTHHMM.msgpack``; created, extended, reused: only the
+            missing times are computed, replaying from the latest bank or run checkpoint before each).
+        times: wanted times (multiples of 6 h within the run).
+    Returns:
+        ``{time: checkpoint path}`` for every wanted time.
+    """
+    from .gcm import JcmDriver
+    from .run import _list_checkpoints, state_dir_for
+
+    state_dir = state_dir_for(store)
+    cfg = json.loads((state_dir / "run.json").read_text())
+    bank = Path(bank)
+    bank.mkdir(parents=True, exist_ok=True)
+    wanted = sorted({np.datetime64(t, "m") for t in times})
+    have = dict(_list_checkpoints(bank))
+    missing = [t for t in wanted if t not in have]
+    if missing:
+        start = np.datetime64(cfg["start"], "m")
+        model_start = start - np.timedelta64(int(cfg["spinup_days"]) * 24 * 60 + 6 * 60, "m")
+        driver = JcmDriver(seed=int(cfg["seed"]), start_time=model_start)
+        sources = sorted([*_list_truth_checkpoints(state_dir), *have.items()], key=lambda tp: tp[0])
+        t_now = None
+        for t in missing:
+            base = [(tc, pc) for tc, pc in sources if tc <= t]
+            if not base:
+                raise ValueError(f"climate_bank: no checkpoint of {store} at or before {t}")
+            tc, pc = max(base, key=lambda tp: tp[0])
+            if t_now is None or t_now > t or tc > t_now:  # (re)load when the replay cannot simply continue
+                driver.load(pc)
+                t_now = tc
+            gap_h = int((t - t_now) / np.timedelta64(1, "h"))
+            if gap_h % 6:
+                raise ValueError(f"climate_bank: {t} is not a multiple of 6 h after the checkpoint {t_now}")
+            if gap_h:
+                log.info("climate bank: replaying %s %d h from %s to %s", store, gap_h, t_now, t)
+                driver.advance(gap_h / 24, gap_h / 24)
+            t_now = t
+            path = bank / f"state-{_stamp(t)}.msgpack"
+            driver.save(path)
+            have[t] = path
+            sources.append((t, path))
+    return {t: have[t] for t in wanted}
+
+
+def climatological_dates(
+    store: str | Path, t_init: np.datetime64, members: int, every_days: int = 3, exclude_days: float = 0.0
+) -> list[np.datetime64]:
+    """The ``members`` dates of a nature run (00 UTC, every ``every_days`` days from its start) nearest in day of
+    year to ``t_init`` (cyclic), skipping dates within ``exclude_days`` of ``t_init`` itself."""
+    from .run import state_dir_for
+
+    cfg = json.loads((state_dir_for(store) / "run.json").read_text())
+    start = np.datetime64(cfg["start"], "D")
+    last = np.datetime64(cfg["last_time"], "m")
+    cands = np.arange(start, np.datetime64(last, "D") + 1, np.timedelta64(every_days, "D"))
+    cands = np.array([np.datetime64(c, "m") for c in cands if np.datetime64(c, "m") <= last])
+    t_init = np.datetime64(t_init, "m")
+    doy = lambda t: (t - np.datetime64(t, "Y")) / np.timedelta64(1, "D")  # noqa: E731
+    d = np.array([abs(doy(c) - doy(t_init)) for c in cands])
+    d = np.minimum(d, 365.25 - d)
+    far = np.array([abs((c - t_init) / np.timedelta64(1, "D")) >= exclude_days for c in cands])
+    order = [i for i in np.lexsort((cands, d)) if far[i]]
+    if len(order) < members:
+        raise ValueError(
+            f"climatological_dates: {store} has {len(order)} dates every {every_days} d outside "
+            f"{exclude_days} d of {t_init}, need members={members}"
+        )
+    return sorted(cands[order[:members]])
+
+
 class JcmEnsemble:
     """``N`` jcm members sharing one compiled :class:`appa_naturerun.gcm.JcmDriver` (looped, not vmapped).
 
@@ -133,13 +221,32 @@ class JcmEnsemble:
         truth_store: the nature-run store whose ``.state/`` directory holds the truth's checkpoints.
         t_init: time of the initial ensemble (the truth is replayed from the latest checkpoint at or before it).
         members: ensemble size.
-        seed: perturbation seed.
-        perturbation: relative amplitude of the spectrum-matched perturbations.
+        seed: perturbation seed (``initial="perturbed"``).
+        perturbation: relative amplitude of the spectrum-matched perturbations (``initial="perturbed"``).
+        initial: ``"climatology"`` (members from ``climate_store``'s model states, see the module docstring) or
+            ``"perturbed"`` (perturbed truth).
+        climate_store, bank, bank_days, exclude_days: the climate run, its checkpoint bank directory, the
+            spacing of its dates (days) and the dates skipped around ``t_init`` (``initial="climatology"``).
     """
 
     def __init__(
-        self, truth_store: str | Path, t_init: np.datetime64, members: int, seed: int = 0, perturbation: float = 0.05
+        self,
+        truth_store: str | Path,
+        t_init: np.datetime64,
+        members: int,
+        seed: int = 0,
+        perturbation: float = 0.05,
+        *,
+        initial: str = "perturbed",
+        climate_store: str | Path | None = None,
+        bank: str | Path | None = None,
+        bank_days: int = 3,
+        exclude_days: float = 0.0,
     ):
+        if initial not in ("perturbed", "climatology"):
+            raise ValueError(f"JcmEnsemble: field 'initial' has value {initial!r}, expected perturbed or climatology")
+        if initial == "climatology" and (climate_store is None or bank is None):
+            raise ValueError("JcmEnsemble: initial='climatology' needs climate_store and bank")
         from .gcm import JcmDriver
         from .run import state_dir_for
 
@@ -171,9 +278,25 @@ class JcmEnsemble:
         self.phis_native = np.asarray(static["phis"].transpose("lat", "lon").values)
         rs = self.model.run_state
         self._time, self._step = rs.time, rs.step
-        rng = np.random.default_rng(seed)
-        self.dyn = [self._perturb(rs.dynamics, rng, perturbation) for _ in range(self.members)]
-        self.phys = [rs.physics for _ in range(self.members)]
+        self.initial_dates: list[str] = []
+        if initial == "perturbed":
+            rng = np.random.default_rng(seed)
+            self.dyn = [self._perturb(rs.dynamics, rng, perturbation) for _ in range(self.members)]
+            self.phys = [rs.physics for _ in range(self.members)]
+            return
+        dates = climatological_dates(climate_store, t_init, self.members, bank_days, exclude_days)
+        paths = climate_bank(climate_store, bank, dates)
+        ccfg = json.loads((state_dir_for(climate_store) / "run.json").read_text())
+        cstart = np.datetime64(ccfg["start"], "m") - np.timedelta64(int(ccfg["spinup_days"]) * 24 * 60 + 360, "m")
+        other = JcmDriver(seed=int(ccfg["seed"]), start_time=cstart)
+        self.dyn, self.phys = [], []
+        for t in dates:
+            other.load(paths[t])
+            ms = other.model.run_state
+            self.dyn.append(dataclasses.replace(ms.dynamics, sim_time=rs.dynamics.sim_time))
+            self.phys.append(ms.physics)
+            self.initial_dates.append(str(t))
+        log.info("climatological initial ensemble from %s: %s", climate_store, ", ".join(self.initial_dates))
 
     @staticmethod
     def _perturb(state: Any, rng: np.random.Generator, amplitude: float) -> Any:
@@ -313,6 +436,7 @@ def run_enkf(
     radius_km: float = 2500.0,
     inflation: float = 1.05,
     rtpp: float = 0.5,
+    rtps: float = 0.0,
     gross_error: float = 5.0,
     forecast_hours: int = 72,
     levels: Sequence[int] | None = None,
@@ -328,7 +452,9 @@ def run_enkf(
             ``summary.json``.
         observing: an :class:`appa_workflows.observing.ObservingSystem`.
         spec: the state spec of the written fields and of the observations (default ``DEMO_SPEC``).
-        radius_km, inflation, rtpp: LETKF settings; gross_error: reject observations whose innovation exceeds
+        radius_km, inflation, rtpp: LETKF settings; rtps: relaxation to prior spread (Whitaker & Hamill 2012),
+            applied elementwise to the model's nodal prognostics and to the written WB2 analysis;
+        gross_error: reject observations whose innovation exceeds
             ``gross_error * sqrt(r + var(HX))``.
         climatology: optional ``[C, H, W]`` climatological mean (same spec) to score against.
     Returns:
@@ -339,6 +465,7 @@ def run_enkf(
     from appa_core.data import DEMO_SPEC
     from appa_core.state import dataset_to_tensor, tensor_to_dataset
     from appa_naturerun.letkf import letkf
+    from appa_naturerun.letkf import rtps as relax_to_prior_spread
 
     spec = spec or DEMO_SPEC
     levels = list(levels or sorted({int(v) for v in truth["level"].values}))
@@ -364,6 +491,7 @@ def run_enkf(
         "radius_km": radius_km,
         "inflation": inflation,
         "rtpp": rtpp,
+        "rtps": rtps,
         "gross_error": gross_error,
         "observing": attrs_dict(observing),
         "seed": seed,
@@ -393,7 +521,11 @@ def run_enkf(
             xb, hx, y, r, obs_lat=olat, obs_lon=olon, grid=grid, radius_km=radius_km, inflation=inflation, rtpp=rtpp
         )
         wn = weights_to_native(weights.numpy(), grid.lat, grid.lon, model.native_lat, model.native_lon)
-        nodal = apply_native(model.get_nodal(), wn)
+        nodal_b = model.get_nodal()
+        nodal = apply_native(nodal_b, wn)
+        if rtps:
+            xa = relax_to_prior_spread(xb, xa, rtps)
+            nodal = {k: relax_to_prior_spread(nodal_b[k], v, rtps).numpy() for k, v in nodal.items()}
         if "specific_humidity" in nodal:
             nodal["specific_humidity"] = np.maximum(nodal["specific_humidity"], 0.0)
         model.set_nodal(nodal)
@@ -511,32 +643,65 @@ def enkf_main(argv: Sequence[str] | None = None) -> int:
         "OUT/summary.json (RMSE per cycle and lead).",
     )
     p.add_argument("--truth", required=True, help="nature-run store with its .state/ checkpoints")
-    p.add_argument("--start", required=True, help="first analysis time, e.g. 2000-06-24T12")
-    p.add_argument("--cycles", type=int, default=8)
+    p.add_argument("--start", required=True, help="first scored analysis time, e.g. 2000-06-24T12")
+    p.add_argument("--cycles", type=int, default=8, help="scored 6-h cycles from --start (default: %(default)s)")
+    p.add_argument(
+        "--spinup-cycles",
+        type=int,
+        default=20,
+        help="6-h cycles before --start (written, not meant to be scored; default: %(default)s = 5 days)",
+    )
     p.add_argument("--members", type=int, default=20)
     p.add_argument("--observing", default="sparse", help="ObservingSystem preset: sparse, dense or demo")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--forecast-hours", type=int, default=72)
-    p.add_argument("--spinup-hours", type=int, default=12, help="free run of the perturbed members before cycling")
-    p.add_argument("--perturbation", type=float, default=0.05)
+    p.add_argument(
+        "--initial",
+        default="climatology",
+        choices=["climatology", "perturbed"],
+        help="initial ensemble: model states of the --climate run near the same day of year (default), or the "
+        "perturbed truth (a favourable start, for comparison)",
+    )
+    p.add_argument("--climate", default=None, help="nature-run store (with .state/) the initial members come from")
+    p.add_argument("--bank", default=None, help="directory of the climate run's replayed states (default: OUT.bank)")
+    p.add_argument("--bank-days", type=int, default=3, help="spacing of the climate dates (days; %(default)s)")
+    p.add_argument(
+        "--exclude-days",
+        type=float,
+        default=None,
+        help="skip climate dates this close to the start (default: 10 if --climate is --truth, else 0)",
+    )
+    p.add_argument(
+        "--spinup-hours", type=int, default=12, help="--initial perturbed: free run of the members before cycling"
+    )
+    p.add_argument("--perturbation", type=float, default=0.05, help="--initial perturbed: relative amplitude")
     p.add_argument("--radius-km", type=float, default=2500.0, help="Gaspari-Cohn cut-off (km)")
     p.add_argument("--inflation", type=float, default=1.05)
-    p.add_argument("--rtpp", type=float, default=0.5)
+    p.add_argument("--rtpp", type=float, default=0.5, help="relaxation to prior perturbations (%(default)s)")
+    p.add_argument("--rtps", type=float, default=0.0, help="relaxation to prior spread (%(default)s)")
     p.add_argument("--climatology", default=None, help="WB2 store whose time mean is scored as climatology")
     p.add_argument("--out", required=True, help="output directory")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     import torch
-    from appa_workflows.observing import ObservingSystem
 
     from appa_core.data import DEMO_SPEC
+    from appa_workflows.observing import ObservingSystem
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     start = np.datetime64(a.start, "m")
     if a.spinup_hours < 0 or a.spinup_hours % 6:
         raise SystemExit("appa-naturerun-enkf: --spinup-hours must be a non-negative multiple of 6")
-    t_init = start - STEP - np.timedelta64(a.spinup_hours, "h")
+    if a.spinup_cycles < 0 or a.cycles < 1:
+        raise SystemExit("appa-naturerun-enkf: --cycles must be >= 1 and --spinup-cycles >= 0")
+    if a.initial == "climatology" and not a.climate:
+        raise SystemExit(
+            "appa-naturerun-enkf: --initial climatology needs --climate STORE (e.g. the training nature run)"
+        )
+    free_h = a.spinup_hours if a.initial == "perturbed" else 0
+    first = start - STEP * a.spinup_cycles
+    t_init = first - STEP - np.timedelta64(free_h, "h")
     truth = xr.open_zarr(a.truth, consolidated=True, chunks=None)
     needed = start + STEP * (a.cycles - 1) + np.timedelta64(a.forecast_hours, "h")
     if np.datetime64(truth["time"].values[-1], "m") < needed:
@@ -547,10 +712,25 @@ def enkf_main(argv: Sequence[str] | None = None) -> int:
         cache = out_dir.parent / (out_dir.name + ".climatology.npy")
         clim = climatology_from_store(a.climatology, DEMO_SPEC, cache=cache)
     tic = _time.perf_counter()
-    model = JcmEnsemble(a.truth, t_init, a.members, seed=a.seed, perturbation=a.perturbation)
+    exclude = a.exclude_days
+    if exclude is None:
+        same = a.climate and Path(a.climate).resolve() == Path(a.truth).resolve()
+        exclude = 10.0 if same else 0.0
+    model = JcmEnsemble(
+        a.truth,
+        t_init,
+        a.members,
+        seed=a.seed,
+        perturbation=a.perturbation,
+        initial=a.initial,
+        climate_store=a.climate,
+        bank=a.bank or f"{Path(a.out)}.bank",
+        bank_days=a.bank_days,
+        exclude_days=exclude,
+    )
     t_setup = _time.perf_counter() - tic
-    if a.spinup_hours:
-        natives = model.advance(a.spinup_hours, a.spinup_hours)
+    if free_h:
+        natives = model.advance(free_h, free_h)
         model.initial_wb2 = _members_to_tensor(natives, model.phis_native, DEMO_SPEC, list(truth["level"].values))[0][
             :, -1
         ]
@@ -559,16 +739,26 @@ def enkf_main(argv: Sequence[str] | None = None) -> int:
         model,
         truth,
         a.out,
-        cycles=a.cycles,
+        cycles=a.spinup_cycles + a.cycles,
         observing=ObservingSystem.named(a.observing),
         seed=a.seed,
         radius_km=a.radius_km,
         inflation=a.inflation,
         rtpp=a.rtpp,
+        rtps=a.rtps,
         forecast_hours=a.forecast_hours,
         climatology=clim,
     )
-    res.summary.update(setup_s=round(t_setup, 1), spinup_s=round(t_spin, 1), command=vars(a))
+    scored = [c for c in res.summary["cycles"] if np.datetime64(c["time"], "m") >= start]
+    res.summary.update(
+        setup_s=round(t_setup, 1),
+        spinup_s=round(t_spin, 1),
+        command=vars(a),
+        initial=a.initial,
+        initial_dates=model.initial_dates,
+        scored_from=str(start),
+        scored_analysis=_mean_scores([c["analysis"] for c in scored]),
+    )
     (Path(a.out) / "summary.json").write_text(json.dumps(res.summary, indent=1))
     print(json.dumps({"analysis": str(res.analysis), "forecast": str(res.forecast), "wall_s": res.summary["wall_s"]}))
     return 0
