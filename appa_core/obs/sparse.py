@@ -24,14 +24,14 @@ state's units, ``y`` ``[..., M]``.
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-__all__ = ["CSRMatrix", "csr_matmul"]
+__all__ = ["CSRMatrix", "LinearMap", "csr_matmul", "linear_apply"]
 
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 _TorchCSR = tuple[Tensor, Tensor, Tensor | None, Tensor | None]
@@ -51,6 +51,8 @@ class CSRMatrix:
         A = sp.csr_array(matrix, dtype=np.float64)
         if canonical:
             A.sum_duplicates()
+        if max(A.shape[1], A.nnz) < 2**31 - 1 and A.indices.dtype != np.int32:  # half the index bytes to read
+            A = sp.csr_array((A.data, A.indices.astype(np.int32), A.indptr.astype(np.int32)), shape=A.shape)
         self.shape: tuple[int, int] = (int(A.shape[0]), int(A.shape[1]))
         self.order: np.ndarray | None = None
         self._inverse: np.ndarray | None = None
@@ -101,75 +103,86 @@ class CSRMatrix:
 
     # ------------------------------------------------------------------ raw products (no autograd)
     def matvec(self, x: Tensor) -> Tensor:
-        """:math:`A x` for ``x`` ``[R, N]`` -> ``[R, M]`` (no autograd; use :func:`csr_matmul`)."""
+        """:math:`A x` for ``x`` ``[..., N]`` -> ``[..., M]`` (no autograd; use :func:`csr_matmul`)."""
+        lead, rows = x.shape[:-1], x.reshape(-1, x.shape[-1])
         if x.device.type != "cpu":
             fwd, _, _, inverse = self._torch_csr(x.dtype, x.device)
-            y = (fwd @ x.T).T
-            return y if inverse is None else y[:, inverse]
+            y = (fwd @ rows.T).T
+            y = y if inverse is None else y[:, inverse]
+            return y.reshape(*lead, self.shape[0])
         work = x.dtype if x.dtype in _NUMPY_DTYPES else torch.float32
         A = self._csr(np.dtype(_NUMPY_DTYPES[work]))
-        xs = x.detach().to(work).contiguous().numpy()
-        out = np.empty((xs.shape[0], self.shape[0]), dtype=A.dtype)
-        for r in range(xs.shape[0]):
-            y = A @ xs[r]
-            if self._inverse is None:
-                out[r] = y
-            else:
-                out[r] = y[self._inverse]
-        return torch.from_numpy(out).to(x.dtype)
+        xs = rows.detach().to(work).contiguous().numpy()
+        ys = [A @ xs[r] for r in range(xs.shape[0])]
+        if self._inverse is not None:
+            ys = [y[self._inverse] for y in ys]
+        out = ys[0][None] if len(ys) == 1 else np.stack(ys)
+        return torch.from_numpy(out).reshape(*lead, self.shape[0]).to(x.dtype)
 
     def rmatvec(self, g: Tensor) -> Tensor:
-        """:math:`A^\\top g` for ``g`` ``[R, M]`` -> ``[R, N]`` (no autograd)."""
+        """:math:`A^\\top g` for ``g`` ``[..., M]`` -> ``[..., N]`` (no autograd).
+
+        On CPU the output is allocated by numpy (transparent huge pages where the system allows them: allocating
+        and touching a dense state-sized gradient costs ~10x less than a torch allocation on Linux).
+        """
+        lead, rows = g.shape[:-1], g.reshape(-1, g.shape[-1])
         if g.device.type != "cpu":
             _, adj, order, _ = self._torch_csr(g.dtype, g.device)
-            gs = g if order is None else g[:, order]
-            return (adj @ gs.T).T
+            gs = rows if order is None else rows[:, order]
+            return (adj @ gs.T).T.reshape(*lead, self.shape[1])
         work = g.dtype if g.dtype in _NUMPY_DTYPES else torch.float32
         At = self._csr(np.dtype(_NUMPY_DTYPES[work])).T  # a CSC view: csc_matvec scatters row by row
-        gs = g.detach().to(work).contiguous().numpy()
+        gs = rows.detach().to(work).contiguous().numpy()
         if self.order is not None:
             gs = gs[:, self.order]
-        out = np.empty((gs.shape[0], self.shape[1]), dtype=At.dtype)
-        for r in range(gs.shape[0]):
-            out[r] = At @ gs[r]
-        return torch.from_numpy(out).to(g.dtype)
+        xs = [At @ gs[r] for r in range(gs.shape[0])]
+        out = xs[0][None] if len(xs) == 1 else np.stack(xs)
+        return torch.from_numpy(out).reshape(*lead, self.shape[1]).to(g.dtype)
 
 
-def _rows(x: Tensor) -> Tensor:
-    return x.reshape(-1, x.shape[-1])
+class LinearMap(Protocol):
+    """A linear map for :func:`linear_apply`: ``matvec`` and its adjoint ``rmatvec`` on tensors, without autograd,
+    treating every leading axis as a batch axis (``[..., *in] -> [..., *out]`` and back)."""
+
+    def matvec(self, x: Tensor) -> Tensor: ...
+
+    def rmatvec(self, g: Tensor) -> Tensor: ...
 
 
-class _CSRMatmul(torch.autograd.Function):
-    """``y = A x`` on the last axis; backward ``A^T g``."""
+class _Linear(torch.autograd.Function):
+    """``y = A x`` (``A.matvec``); backward ``A^T g`` (``A.rmatvec``), itself differentiable."""
 
     generate_vmap_rule = False
 
     @staticmethod
-    def forward(x: Tensor, mat: CSRMatrix, transpose: bool) -> Tensor:  # type: ignore[override]
-        rows = _rows(x)
-        out = mat.rmatvec(rows) if transpose else mat.matvec(rows)
-        return out.reshape(*x.shape[:-1], out.shape[-1])
+    def forward(x: Tensor, op: LinearMap, transpose: bool) -> Tensor:  # type: ignore[override]
+        return op.rmatvec(x) if transpose else op.matvec(x)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
-        _, mat, transpose = inputs
-        ctx.mat, ctx.transpose = mat, transpose
+        _, op, transpose = inputs
+        ctx.op, ctx.transpose = op, transpose
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
-        return _CSRMatmul.apply(grad, ctx.mat, not ctx.transpose), None, None
+        return _Linear.apply(grad, ctx.op, not ctx.transpose), None, None
 
     @staticmethod
     def jvp(ctx: Any, tangent: Tensor, *_: Any) -> Tensor:  # type: ignore[override]
-        return _CSRMatmul.apply(tangent, ctx.mat, ctx.transpose)
+        return _Linear.apply(tangent, ctx.op, ctx.transpose)
 
     @staticmethod
-    def vmap(info: Any, in_dims: tuple[Any, ...], x: Tensor, mat: CSRMatrix, transpose: bool) -> tuple[Tensor, int]:
+    def vmap(info: Any, in_dims: tuple[Any, ...], x: Tensor, op: LinearMap, transpose: bool) -> tuple[Tensor, Any]:
         dim = in_dims[0]
         if dim is None:
-            return _CSRMatmul.apply(x, mat, transpose), None  # type: ignore[return-value]
-        x = x.movedim(dim, 0)
-        return _CSRMatmul.apply(x, mat, transpose), 0
+            return _Linear.apply(x, op, transpose), None
+        return _Linear.apply(x.movedim(dim, 0), op, transpose), 0
+
+
+def linear_apply(x: Tensor, op: LinearMap, transpose: bool = False) -> Tensor:
+    """``op.matvec(x)`` (or ``op.rmatvec(x)``) as a differentiable function: backward is the adjoint product,
+    double backward, ``torch.func.jvp`` and ``torch.func.vmap`` work. ``op`` must treat leading axes as batch."""
+    return _Linear.apply(x, op, transpose)
 
 
 def csr_matmul(x: Tensor, mat: CSRMatrix, transpose: bool = False) -> Tensor:
@@ -178,4 +191,4 @@ def csr_matmul(x: Tensor, mat: CSRMatrix, transpose: bool = False) -> Tensor:
     n = mat.shape[0] if transpose else mat.shape[1]
     if x.shape[-1] != n:
         raise ValueError(f"csr_matmul: x has {x.shape[-1]} values on its last axis, the matrix needs {n}")
-    return _CSRMatmul.apply(x, mat, transpose)
+    return _Linear.apply(x, mat, transpose)
