@@ -10,6 +10,7 @@ import torch
 
 from appa_core.grid import Grid
 from appa_naturerun.letkf import (
+    EARTH_RADIUS_KM,
     apply_weights,
     etkf,
     etkf_weights,
@@ -68,9 +69,11 @@ def test_gaspari_cohn_values():
 
 def test_great_circle():
     d = great_circle_km(*(torch.tensor(v, dtype=torch.float64) for v in (0.0, 0.0, 0.0, 90.0)))
-    assert d.item() == pytest.approx(math.pi / 2 * 6371.0)
+    assert d.item() == pytest.approx(math.pi / 2 * EARTH_RADIUS_KM)
     d = great_circle_km(*(torch.tensor(v, dtype=torch.float64) for v in (10.0, 359.0, 10.0, 1.0)))
-    assert d.item() == pytest.approx(2 * 6371.0 * math.asin(math.cos(math.radians(10)) * math.sin(math.radians(1))))
+    assert d.item() == pytest.approx(
+        2 * EARTH_RADIUS_KM * math.asin(math.cos(math.radians(10)) * math.sin(math.radians(1)))
+    )
 
 
 def _grid_problem(seed=0, n=10, m=30):

@@ -49,6 +49,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from appa_core import geo
+from appa_core.geo import EARTH_RADIUS_KM, great_circle_km
 from appa_core.grid import Grid
 
 __all__ = [
@@ -63,8 +65,6 @@ __all__ = [
     "rtps",
 ]
 
-#: Mean Earth radius (km) for great-circle distances.
-EARTH_RADIUS_KM = 6371.0
 
 ArrayLike = Tensor | np.ndarray
 
@@ -76,7 +76,7 @@ def _t(x: ArrayLike | float, dtype: torch.dtype = torch.float64) -> Tensor:
 
 
 def gaspari_cohn(distance: Tensor, radius: float) -> Tensor:
-    r"""Gaspari & Cohn (1999, eq. 4.10) fifth-order compactly supported correlation, zero beyond ``radius``.
+    r"""The Gaspari-Cohn taper (:func:`appa_core.geo.gaspari_cohn`) with the LETKF's cut-off convention.
 
     Args:
         distance: distances ``[...]`` (any unit, >= 0).
@@ -88,22 +88,7 @@ def gaspari_cohn(distance: Tensor, radius: float) -> Tensor:
         return torch.ones_like(distance)
     if not radius > 0:
         raise ValueError(f"gaspari_cohn: field 'radius' has value {radius}, must be > 0")
-    z = distance.abs() / (radius / 2.0)
-    z2, z3 = z * z, z * z * z
-    z4, z5 = z2 * z2, z2 * z3
-    inner = -0.25 * z5 + 0.5 * z4 + 0.625 * z3 - 5.0 / 3.0 * z2 + 1.0
-    outer = z5 / 12.0 - 0.5 * z4 + 0.625 * z3 + 5.0 / 3.0 * z2 - 5.0 * z + 4.0 - 2.0 / (3.0 * z.clamp_min(1e-12))
-    out = torch.where(z <= 1.0, inner, outer)
-    return torch.where(z < 2.0, out, torch.zeros_like(out)).clamp_min(0.0)
-
-
-def great_circle_km(lat1: Tensor, lon1: Tensor, lat2: Tensor, lon2: Tensor) -> Tensor:
-    """Great-circle distance (km, haversine) between points in degrees; broadcasts like the arguments."""
-    p1, p2 = torch.deg2rad(lat1), torch.deg2rad(lat2)
-    dphi = p2 - p1
-    dlmb = torch.deg2rad(lon2 - lon1)
-    a = torch.sin(dphi / 2) ** 2 + torch.cos(p1) * torch.cos(p2) * torch.sin(dlmb / 2) ** 2
-    return 2.0 * EARTH_RADIUS_KM * torch.asin(a.clamp(0.0, 1.0).sqrt())
+    return geo.gaspari_cohn(distance / (radius / 2.0))
 
 
 def _transform(yb: Tensor, d: Tensor, prec: Tensor, n: int, inflation: float, rtpp: float) -> Tensor:

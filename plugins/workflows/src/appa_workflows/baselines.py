@@ -54,6 +54,7 @@ from appa_core.data.packing import int16_packing, write_zarr
 from appa_core.data.reader import TimeSelection, open_wb2
 from appa_core.gaussian import GaussianPrior, LowRankDiag
 from appa_core.grid import Grid
+from appa_core.linalg import woodbury_capacitance, woodbury_solve
 from appa_core.spec import StateSpec
 from appa_core.state import dataset_to_tensor, normalize_layout, tensor_to_dataset
 
@@ -377,12 +378,8 @@ class _SharedSigmaGaussianPrior(GaussianPrior):
         if key not in self._kcache:
             if len(self._kcache) > 64:
                 self._kcache.clear()
-            r = f.shape[1]
-            k = torch.eye(r, dtype=v.dtype, device=v.device) + (f * dinv[:, None]).T @ f
-            self._kcache[key] = torch.linalg.cholesky(k)
-        chol = self._kcache[key]
-        w = torch.cholesky_solve(((v * dinv) @ f).T, chol).T  # [B, r]
-        return v * dinv - dinv * (w @ f.T)
+            self._kcache[key] = woodbury_capacitance(f, dinv)
+        return woodbury_solve(v, f, dinv, self._kcache[key])
 
 
 def _low_rank_cov(x: Tensor, rank: int, min_var: float) -> tuple[Tensor, LowRankDiag]:
