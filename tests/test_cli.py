@@ -306,6 +306,24 @@ def _readme_block(title: str) -> list[str]:
     return [line for line in block.splitlines() if line.strip()]
 
 
+def test_makefile_runs_the_readme_steps() -> None:
+    """``make demo`` / ``make test`` (the README's two commands) run the README's explicit steps line for line, in an
+    environment activated the same way, and ``make test`` ends in the command CI runs."""
+    makefile = (ROOT / "Makefile").read_text()
+    recipes = [line.strip() for line in makefile.splitlines() if line.startswith("\t")]
+    prefix = "$(ACTIVATE) && "
+    assert "ACTIVATE = . $(VENV)/bin/activate" in makefile and "VENV ?= .venv" in makefile
+    in_env = [line.removeprefix(prefix).removesuffix(" $(DEMO_ARGS)") for line in recipes if line.startswith(prefix)]
+    demo, tests = _readme_block("Run the demo")[1:], _readme_block("Run the tests")[1:]
+    for line in demo + tests:
+        assert line in in_env, f"README step not in the Makefile: {line!r}"
+    lines = makefile.splitlines()
+    for target, command in (("demo", demo[-1]), ("test", tests[-1])):  # each target's recipe ends in that command
+        start = next(i for i, line in enumerate(lines) if line.startswith(f"{target}:"))
+        assert lines[start + 1].strip() in (prefix + command, f"{prefix}{command} $(DEMO_ARGS)")
+    assert "make demo\nmake test\n" in (ROOT / "README.md").read_text()
+
+
 def test_readme_test_command_is_what_ci_runs() -> None:
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     venv, *commands = _readme_block("Run the tests")
