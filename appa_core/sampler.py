@@ -3,9 +3,9 @@ r"""``Sampler``: posterior trajectories from any ``DiffusionPrior`` and any set 
 One call, three tasks (recipes in ``docs/tasks.md``)::
 
     sampler = Sampler(prior)                                   # calibrated defaults: LMS, 24 steps, MMPS to tol 1e-2
-    ds = sampler.posterior(obs=[op1, op2], start=t0, length=24, members=8, seed=0)   # reanalysis
+    ds = sampler.posterior(obs=[op1, op2], start=t0, hours=24, members=8, seed=0)    # reanalysis (5 states)
     ds.isel(time=-1)                                                                   # filtering
-    sampler.posterior(obs=past_obs, start=t0, length=24 + 48, strategy="autoregressive")  # forecasting
+    Sampler(prior, strategy="autoregressive").posterior(obs=past_obs, start=t0, hours=72)  # forecasting
 
 **Windows.** A trajectory longer than the prior's window ``K`` is sampled either jointly by overlapping
 *blankets* (``strategy="blanket"``, SDA / Appa: windows of ``K`` states with stride ``K - overlap`` denoised
@@ -19,7 +19,9 @@ units), and dropped from the output.
 **Output.** An ``xarray.Dataset`` in physical units, WeatherBench2 layout with a ``member`` dim
 (``appa_core.state.tensor_to_dataset``), plus, for each operator ``name`` (sanitised to ``[A-Za-z0-9_]``), the
 diagnostics ``obs_<name>_value`` ``[obs_<name>]`` (y), ``obs_<name>_std`` (noise std), ``obs_<name>_predicted``
-``[member, obs_<name>]`` (H(x) of each member) and ``obs_<name>_innovation`` (y - H(ensemble mean));
+``[member, obs_<name>]`` (H(x) of each member) and ``obs_<name>_innovation`` (y - H(ensemble mean)), and where
+the operator's ``metadata()`` says so, ``obs_<name>_lat`` / ``_lon`` (degrees), ``_time`` and ``_variable`` (for
+maps);
 ``ds.attrs["appa_operators"]`` lists the names. :func:`split_diagnostics` separates them; :func:`save_zarr`
 writes atomically.
 """
@@ -59,7 +61,7 @@ from appa_core.obs.base import ObsOperator
 from appa_core.obs.obsset import ObsSet
 from appa_core.obs.qc import FLAG_MEANINGS, QC, QCError, QCResult, background_flags, bounds_flags
 
-__all__ = ["PosteriorSample", "Sampler", "save_zarr", "split_diagnostics"]
+__all__ = ["PosteriorSample", "Sampler", "save_zarr", "split_diagnostics", "window_states"]
 
 
 @attrs.frozen
@@ -281,11 +283,18 @@ class Sampler:
         members: int = 1,
         seed: int | None = None,
         context: object = None,
+        *,
+        hours: float | None = None,
+        duration: object = None,
     ) -> PosteriorSample:
         """Posterior sampling at the tensor level (see :meth:`posterior` for the arguments)."""
         prior = self.prior
+        if length is not None or hours is not None or duration is not None:
+            length = window_states(prior.timestep, length=length, hours=hours, duration=duration)
         if start is None or length is None:
-            raise ValueError("Sampler.posterior: fields 'start' and 'length' are required")
+            raise ValueError(
+                "Sampler.posterior: field 'start' and one of 'hours', 'duration' or 'length' (states) are required"
+            )
         for field, v in (("length", length), ("members", members)):
             if isinstance(v, bool) or not float(v).is_integer():  # type: ignore[arg-type]
                 raise ValueError(f"Sampler.posterior: field {field!r} has value {v!r}; must be a whole number")
@@ -328,6 +337,8 @@ class Sampler:
         unconverged = 0
         reports: list = []
         calls = 0
+        # the progress bar says what is sampled: an unguided (prior) ensemble is not labelled "posterior"
+        label = "posterior" if obsset is not None and self.guidance != "none" else "prior"
         if self.strategy == "blanket" or frame_len <= k:
             overlap = k // 2 if self.overlap is None else int(self.overlap)
             bl = Blanket(frame_len, k, min(overlap, k - 1))
@@ -335,7 +346,7 @@ class Sampler:
                 _check_coverage(obsset, row_range, bl.starts, bl.size)  # type: ignore[arg-type]
             z, den = self._run(
                 frame_times, bl.starts, bl.size, bl.keep, 0, frame_len, members, obsset, known, row_range, qc_ok,
-                generator, "posterior",
+                generator, label,
             )  # fmt: skip
             unconverged += len(den.failures)
             reports += den.reports
@@ -373,7 +384,7 @@ class Sampler:
                 allowed = None if obsset is None else ~assigned if qc_ok is None else ~assigned & qc_ok
                 zc, den = self._run(
                     frame_times, [a], end - a, [(a, end)], a, end - a, members, obsset, kn, row_range, allowed,
-                    generator, f"chunk {ci + 1}/{len(chunks)}",
+                    generator, f"{label} chunk {ci + 1}/{len(chunks)}",
                 )  # fmt: skip
                 if obsset is not None and den.used_rows.size:
                     assigned |= den.used_rows[: obsset.size]
@@ -446,19 +457,28 @@ class Sampler:
         members: int = 1,
         seed: int | None = None,
         context: object = None,
+        *,
+        hours: float | None = None,
+        duration: object = None,
     ) -> xr.Dataset:
-        """Sample ``members`` posterior trajectories of ``length`` states from ``start``.
+        """Sample ``members`` posterior trajectories from ``start`` over ``hours`` (or ``duration``, or ``length``
+        states).
 
         Args:
             obs: observation operators (a list, an ``ObsSet`` or one operator; ``None`` for prior samples). They
                 are prepared here on ``(prior.grid, prior.spec, window times)``; observations outside the grid,
                 the window or the prior's variables are refused before sampling.
             start: first valid time (``datetime64`` or ISO string); states are ``prior.timestep`` apart.
-            length: number of states ``L``.
+            length: number of states ``L`` (not hours: ``length=24`` is 24 states, 6 days at 6-hourly states).
+                Give exactly one of ``length``, ``hours`` and ``duration``.
             members: ensemble size ``B``.
             seed: seed of the ``torch.Generator`` (initial noise and stochastic steps).
             context: known states just before ``start`` (physical units): ``[n, C, H, W]``,
                 ``[1 or B, n, C, H, W]`` or a WeatherBench2 Dataset with those times.
+            hours: the window's span in hours, both ends included: ``hours / dt + 1`` states (``hours=24`` with
+                6-hourly states is 5 states, 00 to 24 UTC), as ``[window] hours`` of ``appa assimilate``.
+            duration: the same span as a string (``"24h"``, ``"2d"``, ``"90min"``), a ``datetime.timedelta`` or a
+                ``numpy.timedelta64``.
 
         Returns:
             Dataset with dims ``member, time, (level,) latitude, longitude`` and the observation diagnostics
@@ -466,7 +486,7 @@ class Sampler:
         """
         from appa_core.state import tensor_to_dataset
 
-        res = self.sample(obs, start, length, members, seed, context)
+        res = self.sample(obs, start, length, members, seed, context, hours=hours, duration=duration)
         ds = tensor_to_dataset(res.x, self.prior.spec, self.prior.grid, res.times, member_dim="member")
         names: list[str] = []
         if res.obs is not None:
@@ -483,6 +503,11 @@ class Sampler:
                 ds[f"obs_{key}_std"] = xr.Variable((dim,), std[sl].numpy())
                 ds[f"obs_{key}_predicted"] = xr.Variable(("member", dim), pred[:, sl].numpy())
                 ds[f"obs_{key}_innovation"] = xr.Variable((dim,), (y[sl] - pmean[sl]).numpy())
+                located, described = _obs_locations(res.obs.operators[res.obs.names.index(name)], sl)
+                for field, values in located.items():
+                    ds[f"obs_{key}_{field}"] = xr.Variable((dim,), values)
+                for field in ("value", "std", "predicted", "innovation"):
+                    ds[f"obs_{key}_{field}"].attrs.update(described)
                 if res.qc is not None:
                     ds[f"obs_{key}_qc"] = xr.Variable(
                         (dim,), res.qc.flags[sl],
@@ -549,6 +574,108 @@ def _check_coverage(
             f"{name}: observation {i - obs.slices[name].start} depends on states {tmin[i]}..{tmax[i]} of the window, "
             f"which no sampling window of {size} states covers; shorten its time span or enlarge the overlap"
         )
+
+
+def window_states(
+    timestep: np.timedelta64, *, length: int | None = None, hours: float | None = None, duration: object = None
+) -> int:
+    """The number of states ``L`` of a window given as exactly one of ``length`` (states), ``hours`` or ``duration``.
+
+    Args:
+        timestep: the prior's timestep ``dt`` (``prior.timestep``).
+        length: number of states, returned unchanged.
+        hours: the span from the first to the last state in hours, both ends included: ``hours / dt + 1`` states.
+        duration: the same span as a string understood by ``pandas.Timedelta`` (``"24h"``, ``"2d"``, ``"90min"``),
+            a ``datetime.timedelta`` or a ``numpy.timedelta64``.
+
+    Raises:
+        ValueError: none or several of the three given, a negative span, or a span that is not a multiple of ``dt``.
+    """
+    given = [n for n, v in (("length", length), ("hours", hours), ("duration", duration)) if v is not None]
+    if len(given) != 1:
+        raise ValueError(
+            "Sampler.posterior: give exactly one of 'hours' (e.g. hours=24), 'duration' (e.g. '24h') or 'length' "
+            f"(a number of states), got {', '.join(given) or 'none'}"
+        )
+    if length is not None:
+        return length  # validated by the caller
+    import pandas as pd
+
+    dt_h = float(np.timedelta64(timestep, "ns") / np.timedelta64(1, "h"))
+    if hours is not None:
+        if isinstance(hours, bool) or not isinstance(hours, int | float | np.number):
+            raise ValueError(f"Sampler.posterior: field 'hours' has value {hours!r}; must be a number of hours")
+        span, field, value = float(hours), "hours", hours
+    else:
+        try:
+            span = pd.Timedelta(duration).total_seconds() / 3600.0  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"Sampler.posterior: field 'duration' has value {duration!r}; must be a duration such as '24h', '2d' "
+                "or a timedelta"
+            ) from None
+        field, value = "duration", duration
+    n = span / dt_h
+    if not np.isfinite(n) or n < 0 or abs(n - round(n)) > 1e-9:
+        raise ValueError(
+            f"Sampler.posterior: field {field!r} has value {value!r}; must be a non-negative multiple of the prior's "
+            f"timestep ({dt_h:g} h)"
+        )
+    return round(n) + 1
+
+
+def _obs_locations(op: ObsOperator, sl: slice) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Where and what a prepared operator observes, for maps, from its
+    :meth:`~appa_core.obs.base.ObsOperator.metadata`.
+
+    Returns:
+        ``(arrays, attributes)``: arrays ``lat``, ``lon`` (degrees north / east, longitudes in [0, 360)) and ``time``
+        ``[M]`` each when the metadata has ``lat``/``lon`` (or grid ``row``/``col``), and ``variable`` ``[M]``
+        (strings) when the observations are of several variables; attributes ``variable`` (when they are all of
+        one variable or channel) and ``units`` (when the spec knows that variable's).
+    """
+    from appa_core.spec import UNITS
+
+    m = sl.stop - sl.start
+    try:
+        meta = op.metadata()
+    except Exception:  # diagnostics only: an operator whose metadata fails still samples
+        return {}, {}
+    described: dict[str, str] = {}
+    located: dict[str, np.ndarray] = {}
+    for field in ("variable", "channel"):
+        if field in meta:
+            try:
+                per_obs = np.array(np.broadcast_to(np.asarray(meta[field]).astype(str), (m,)))
+            except ValueError:
+                continue
+            names = np.unique(per_obs)
+            if names.size == 1:
+                described["variable"] = str(names[0])
+            else:
+                located["variable"] = per_obs
+            break
+    base = described.get("variable", "").partition("@")[0]
+    units = (op.spec.units.get(base) if op.spec is not None else None) or UNITS.get(base)
+    if units:
+        described["units"] = units
+    if "lat" in meta and "lon" in meta:
+        lat, lon = np.asarray(meta["lat"], dtype=np.float64), np.asarray(meta["lon"], dtype=np.float64)
+    elif "row" in meta and "col" in meta and op.grid is not None:
+        lat = np.asarray(op.grid.lat, dtype=np.float64)[np.asarray(meta["row"], dtype=np.int64)]
+        lon = np.asarray(op.grid.lon, dtype=np.float64)[np.asarray(meta["col"], dtype=np.int64)]
+    else:
+        return located, described
+    if lat.shape != (m,) or lon.shape != (m,):
+        return located, described
+    located["lat"], located["lon"] = lat, np.mod(lon, 360.0)
+    if "time" in meta:
+        try:
+            time = np.broadcast_to(np.asarray(meta["time"]).astype("datetime64[ns]"), (m,))
+        except (TypeError, ValueError):
+            return located, described
+        located["time"] = np.array(time)
+    return located, described
 
 
 def split_diagnostics(ds: xr.Dataset) -> tuple[xr.Dataset, xr.Dataset]:

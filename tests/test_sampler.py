@@ -15,7 +15,7 @@ from appa_core.grid import Grid
 from appa_core.guidance import MMPS, PosteriorDenoiser, observation_time_ranges
 from appa_core.noise import DiagonalGaussian
 from appa_core.obs import ObsSet
-from appa_core.sampler import Sampler, save_zarr, split_diagnostics
+from appa_core.sampler import Sampler, save_zarr, split_diagnostics, window_states
 
 SPEC = make_spec()
 F64 = torch.float64
@@ -217,8 +217,32 @@ def test_sampler_config_validation() -> None:
         Sampler(prior, cg_iters=0)
     with pytest.raises(ValueError, match=r"Sampler.posterior: field 'members' has value 2.7; must be a whole number"):
         Sampler(prior, progress=False).sample(start=T0, length=2, members=2.7)  # was silently 2
-    with pytest.raises(ValueError, match=r"Sampler.posterior: fields 'start' and 'length' are required"):
+    with pytest.raises(ValueError, match=r"field 'start' and one of 'hours', 'duration' or 'length' \(states\)"):
         Sampler(prior).posterior()
+
+
+def test_window_given_in_hours_or_as_a_duration() -> None:
+    """``length`` counts states; ``hours`` / ``duration`` give the span (both ends included), as the CLI's
+    ``[window] hours``: 24 h of 6-hourly states is 5 states, not 24."""
+    import datetime
+
+    assert window_states(DT, hours=24) == 5
+    assert window_states(DT, hours=0) == 1
+    assert window_states(DT, duration="24h") == window_states(DT, duration="1d") == 5
+    assert window_states(DT, duration=datetime.timedelta(hours=12)) == 3
+    assert window_states(DT, duration=np.timedelta64(18, "h")) == 4
+    assert window_states(DT, length=24) == 24  # still a number of states (compatibility)
+    with pytest.raises(ValueError, match=r"give exactly one of 'hours'.*got length, hours"):
+        window_states(DT, length=5, hours=24)
+    with pytest.raises(ValueError, match=r"field 'hours' has value 5; must be a non-negative multiple .* \(6 h\)"):
+        window_states(DT, hours=5)
+    with pytest.raises(ValueError, match=r"field 'duration' has value 'a day'; must be a duration such as '24h'"):
+        window_states(DT, duration="a day")
+    grid = Grid.equiangular(3, 4)
+    sampler = Sampler(ar1_prior(2, grid, SPEC), steps=2, progress=False)
+    ds = sampler.posterior(start=T0, hours=12, members=1, seed=0)
+    assert ds.sizes["time"] == 3 and ds["time"].values[-1] == T0 + 2 * DT
+    assert sampler.posterior(start=T0, duration="12h", members=1, seed=0).sizes["time"] == 3
 
 
 @pytest.mark.slow
