@@ -27,12 +27,13 @@ def test_workflow_commands_are_registered(capsys: pytest.CaptureFixture[str]) ->
         "workflows:demo",
         "workflows:assimilate",
         "workflows:evaluate",
+        "workflows:plot",
     }
     code, out, _ = _run(capsys, "--help")
     assert code == 0
-    for name in ("demo", "assimilate", "evaluate"):
+    for name in ("demo", "assimilate", "evaluate", "plot"):
         assert re.search(rf"^\s+{name}\b", out, re.M), name
-    assert " ".join(out.split()).count("(plugin workflows)") == 3  # argparse may wrap the help text
+    assert " ".join(out.split()).count("(plugin workflows)") == 4  # argparse may wrap the help text
 
 
 def test_evaluate_arguments(capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -87,39 +86,12 @@ def _table(post: pd.DataFrame, prior: pd.DataFrame, clim: pd.DataFrame | None) -
 
 
 def _plots(post: xr.Dataset, truth: xr.Dataset, out: Path) -> list[Path]:
-    import matplotlib
+    """Maps of Z500, T850 and T2M (truth, posterior mean, error, spread, with coastlines and units) and the
+    observation departures of every operator (:func:`appa_workflows.plot.plot_posterior`)."""
+    from appa_workflows.plot import plot_posterior
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-    mid = post.time.values[len(post.time) // 2]
-    for name, level, label in SCORED[:2] + SCORED[4:5]:
-        sel = {"time": mid} | ({"level": level} if level is not None else {})
-        t = truth[name].sel(sel)
-        m = post[name].sel(sel).mean("member")
-        s = post[name].sel(sel).std("member")
-        fig, axes = plt.subplots(1, 4, figsize=(18, 3.6), constrained_layout=True)
-        vmin, vmax = float(t.min()), float(t.max())
-        err = float(abs(m - t).max())
-        panels = [
-            (t, "truth", "viridis", vmin, vmax),
-            (m, "posterior mean", "viridis", vmin, vmax),
-            (m - t, "mean - truth", "RdBu_r", -err, err),
-            (s, "posterior spread", "magma", 0.0, float(s.max())),
-        ]
-        for ax, (field, title, cmap, lo, hi) in zip(axes, panels, strict=True):
-            im = ax.pcolormesh(field.longitude, field.latitude, field, cmap=cmap, vmin=lo, vmax=hi, shading="auto")
-            ax.set_title(f"{label.split()[0]} {title}")
-            ax.set_xlabel("longitude")
-            fig.colorbar(im, ax=ax, shrink=0.8)
-        axes[0].set_ylabel("latitude")
-        fig.suptitle(f"{label} at {str(mid)[:16]}")
-        path = out / f"map_{_row(name, level).replace('@', '')}.png"
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        paths.append(path)
-    return paths
+    channels = [_row(name, level) for name, level, _ in SCORED[:2] + SCORED[4:5]]
+    return plot_posterior(post, out, truth=truth, channels=channels)
 
 
 #: The demo's sampler settings: LMS (on a Gaussian problem, 16 steps keep 97 % of the exact posterior variance and 24
@@ -214,7 +186,7 @@ def run_demo(
 
     zarr_path = save_zarr(posterior, out / "posterior.zarr")
     table.to_csv(out / "scores.csv")
-    pngs = _plots(states, truth, out) if plots else []
+    pngs = _plots(posterior, truth, out) if plots else []
     summary = {
         "window": [str(times[0]), str(times[-1])],
         "members": members,
@@ -257,34 +229,37 @@ def run_demo(
             f"{sv['unconverged']} above the tolerance"
         )
     print(f"sampling took {t_post:.0f} s (posterior) + {t_prior:.0f} s (prior ensemble)")
-    print(f"outputs in {out.resolve()}: posterior.zarr, scores.csv, summary.json" + (", map_*.png" if pngs else ""))
+    maps = ", map_*.png, departures_*.png" if pngs else ""
+    print(f"outputs in {out.resolve()}: posterior.zarr, scores.csv, summary.json{maps}")
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
     """``appa demo``: assimilate synthetic observations of the bundled truth with the bundled prior."""
-    parser = argparse.ArgumentParser(prog="appa demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="appa-demo", help="output folder (default: ./appa-demo)")
-    parser.add_argument("--members", type=int, default=8, help="ensemble members (default 8)")
-    parser.add_argument("--steps", type=int, default=DEMO_STEPS, help=f"diffusion steps (default {DEMO_STEPS})")
-    parser.add_argument(
-        "--sampler", default="lms", choices=("lms", "heun", "ddim", "pc"), help="diffusion sampler (default lms)"
-    )
+    from appa_workflows._cli import Parser, nonnegative_float, nonnegative_int, positive_int
+
+    parser = Parser(prog="appa demo", description=__doc__.split("\n\n")[0].replace("``", ""))
+    parser.add_argument("--out", default="appa-demo", help="output folder")
+    parser.add_argument("--members", type=positive_int, default=8, help="ensemble members (at least 2)")
+    parser.add_argument("--steps", type=positive_int, default=DEMO_STEPS, help="diffusion steps")
+    parser.add_argument("--sampler", default="lms", choices=("lms", "heun", "ddim", "pc"), help="diffusion sampler")
     parser.add_argument(
         "--tol",
-        type=float,
+        type=nonnegative_float,
         default=DEMO_TOL,
-        help=f"relative tolerance of the MMPS solve (default {DEMO_TOL:g}); 0: exactly --iters iterations",
+        help="relative tolerance of the MMPS solve; 0: exactly --iters iterations",
     )
-    parser.add_argument("--iters", type=int, default=DEMO_ITERS, help=f"GMRES iteration cap (default {DEMO_ITERS})")
-    parser.add_argument("--hours", type=int, default=24, help="window length in hours (default 24)")
+    parser.add_argument("--iters", type=positive_int, default=DEMO_ITERS, help="GMRES iteration cap")
+    parser.add_argument("--hours", type=nonnegative_int, default=24, help="window length in hours (multiple of 6)")
     parser.add_argument(
         "--operators",
         default=",".join(FAMILIES),
-        help=f"comma-separated observation families (default: {','.join(FAMILIES)})",
+        help="comma-separated observation families",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the observations and the sampler")
-    parser.add_argument("--start-index", type=int, default=4, help="first state of the window in the truth slice")
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the observations and the sampler")
+    parser.add_argument(
+        "--start-index", type=nonnegative_int, default=4, help="first state of the window in the truth slice"
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG maps")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
@@ -304,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.no_progress,
         )
     except (ValueError, FileExistsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        message = str(exc).splitlines()[0]
+        print(message if message.startswith("appa demo") else f"appa demo: error: {message}", file=sys.stderr)
         return 2
     return 0
 
