@@ -214,6 +214,19 @@ class NoiseModel(abc.ABC):
     ) -> Tensor:
         """Synthetic observation errors ``[*shape, M]``."""
 
+    def subset(self, index: object) -> NoiseModel:
+        """This model restricted to observations ``index`` (``[M']`` int, or ``[M]`` bool), e.g. for
+        :meth:`appa_core.obs.ObsOperator.subset`.
+
+        The default keeps the Gaussian covariance's sub-matrix (a :class:`CorrelatedGaussian`); the built-in models
+        keep their own type. A non-Gaussian model without its own ``subset`` raises ``TypeError``.
+        """
+        ix = _subset_index(type(self).__name__, index, self._require_size())
+        if not self.gaussian:
+            raise TypeError(f"{type(self).__name__}: this noise model does not implement subset()")
+        cov = self.dense_cov()
+        return CorrelatedGaussian(cov=cov[ix][:, ix])
+
     def _require_size(self) -> int:
         if self.size is None:
             raise ValueError(f"{type(self).__name__}: the model is unsized; call expand(M) first")
@@ -227,6 +240,21 @@ class NoiseModel(abc.ABC):
                 f"{type(self).__name__}: {field} has shape {list(residual.shape)}; its last dimension must be "
                 f"the {self.size if self.size is not None else 'M'} observations"
             )
+
+
+def _subset_index(owner: str, index: object, size: int) -> Tensor:
+    """``index`` (int ``[M']`` or bool ``[M]``) as an int64 tensor of positions in ``[0, size)``, non-empty."""
+    ix = torch.as_tensor(np.asarray(index))
+    if ix.dtype == torch.bool:
+        if ix.numel() != size:
+            raise ValueError(f"{owner}: subset mask has {ix.numel()} values but the model has {size} observations")
+        ix = torch.nonzero(ix).reshape(-1)
+    ix = ix.to(torch.int64).reshape(-1)
+    if ix.numel() == 0:
+        raise ValueError(f"{owner}: subset() needs at least one observation")
+    if int(ix.min()) < 0 or int(ix.max()) >= size:
+        raise ValueError(f"{owner}: subset index outside [0, {size})")
+    return ix
 
 
 def _check_expand_size(owner: str, size: object) -> int:
@@ -262,6 +290,12 @@ class _Scaled(NoiseModel):
                 raise ValueError(f"{owner}: field 'std' has {self._size} values but {size} observations")
             return self
         return attrs.evolve(self, std=self.std.expand(size).clone())  # type: ignore[misc]
+
+    def subset(self, index: object) -> NoiseModel:
+        ix = _subset_index(type(self).__name__, index, self._require_size())
+        if self.std.ndim == 0:
+            return attrs.evolve(self, size=int(ix.numel()))  # type: ignore[misc]
+        return attrs.evolve(self, std=self.std[ix].clone(), size=None)  # type: ignore[misc]
 
     def _std(self, like: Tensor) -> Tensor:
         return self.std.to(dtype=like.dtype, device=like.device)
@@ -608,6 +642,12 @@ class CorrelatedGaussian(NoiseModel):
         root = weights.sqrt()
         return self._cov_apply(v / root) / root
 
+    def subset(self, index: object) -> CorrelatedGaussian:
+        ix = _subset_index("CorrelatedGaussian", index, self.size)
+        if self.cov is not None:
+            return CorrelatedGaussian(cov=self.cov[ix][:, ix])
+        return CorrelatedGaussian(factor=self.factor[ix], diag=self.diag[ix])  # type: ignore[index]
+
     def dense_cov(self) -> Tensor:
         if self.cov is not None:
             return self.cov.clone()
@@ -657,6 +697,19 @@ class BlockDiagonal(NoiseModel):
         if size != self.size:
             raise ValueError(f"BlockDiagonal: has {self.size} observations, asked for {size}")
         return self
+
+    def subset(self, index: object) -> NoiseModel:
+        """The blocks' own subsets (blocks left with no observation are dropped); positions must be increasing."""
+        ix = _subset_index("BlockDiagonal", index, self.size)
+        if bool((ix[1:] <= ix[:-1]).any()):
+            raise ValueError("BlockDiagonal: subset() needs increasing positions")
+        bounds = np.cumsum([0, *self.sizes])
+        models = []
+        for m, a, b in zip(self.models, bounds[:-1], bounds[1:], strict=True):
+            local = ix[(ix >= a) & (ix < b)] - int(a)
+            if local.numel():
+                models.append(m.subset(local))
+        return models[0] if len(models) == 1 else BlockDiagonal(models)
 
     def _split(self, v: Tensor, field: str = "residual") -> Sequence[Tensor]:
         self._check_residual(v, field)

@@ -5,7 +5,8 @@
 * value-dependent default noise follows ``with_values()`` / ``simulate()`` (issue 11: the copies kept the
   placeholder's noise); explicit noise is kept;
 * the attrs-slots trap gives an error that names the attribute and the fix;
-* ``PointOperator`` subclassed by a third-party family, and ``PointStencil.gather`` equal to its matrix.
+* ``PointOperator`` subclassed by a third-party family, and ``PointStencil.gather`` equal to its matrix;
+* ``subset(t0, t1)`` / ``select(rows)`` and ``NoiseModel.subset``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pytest
 import torch
 
 from appa_core.grid import Grid
-from appa_core.noise import DiagonalGaussian, StudentT
+from appa_core.noise import BlockDiagonal, CorrelatedGaussian, DiagonalGaussian, StudentT
 from appa_core.obs import ObsOperator, PointOperator, PointStencil, point_stencil
 from appa_core.spec import StateSpec
 from appa_core.testing import OperatorContract, make_state
@@ -250,3 +251,40 @@ def test_point_stencil_gather_equals_its_matrix() -> None:
     a = stencil.matrix(SPEC3.n_channels, (channel[:, None], np.ones((m, 1))))
     want = torch.as_tensor((a @ x.reshape(2, -1).numpy().T).T)
     assert torch.allclose(stencil.gather(x, channel), want, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------- subset / select
+def test_subset_by_time_matches_the_full_operator_on_a_sub_window() -> None:
+    """A PointOperator's observations of [t1, t2], prepared on those two states only, give the same values."""
+    op = TestColumnMeanContract().make_operator()
+    full = op.prepare(GRID3, SPEC3, WINDOW3)
+    sub = op.subset(WINDOW3[1], WINDOW3[2])
+    assert sub is not None and not sub.prepared
+    np.testing.assert_array_equal(sub.time, op.time[1:])
+    sub.prepare(GRID3, SPEC3, WINDOW3[1:])
+    x = make_state(GRID3, SPEC3, WINDOW3, seed=5)
+    assert torch.allclose(sub(x[:, 1:]), full(x)[:, 1:], rtol=1e-14)
+    assert op.subset("2021-01-01", "2021-01-02") is None
+    with pytest.raises(ValueError, match=r"select\(\) rows must be increasing"):
+        op.select([2, 0])
+
+
+def test_subset_noise_default_recomputed_explicit_restricted() -> None:
+    op = WindSpeedOp.example()[0]  # value-dependent default noise
+    sub = op.select([0, 2])
+    assert sub.noise.std.tolist() == pytest.approx([1.0 + 0.1 * op.value[0], 1.0 + 0.1 * op.value[2]])
+    cov = torch.tensor([[1.0, 0.3, 0.1], [0.3, 2.0, 0.2], [0.1, 0.2, 3.0]], dtype=torch.float64)
+    for noise in (
+        CorrelatedGaussian(cov=cov),
+        CorrelatedGaussian(factor=cov[:, :2], diag=torch.tensor([0.5, 0.6, 0.7], dtype=torch.float64)),
+        StudentT(torch.tensor([1.0, 2.0, 3.0]), 4.0),
+        DiagonalGaussian(0.7).expand(3),
+    ):
+        fixed = WindSpeedOp(lat=op.lat, lon=op.lon, time=op.time, value=op.value, noise=noise)
+        picked = fixed.select(np.array([True, False, True]))
+        assert type(picked.noise) is type(noise)
+        assert torch.allclose(picked.noise.dense_cov(), noise.dense_cov()[[0, 2]][:, [0, 2]], rtol=1e-14)
+    block = BlockDiagonal([DiagonalGaussian(torch.tensor([1.0, 2.0])), CorrelatedGaussian(cov=cov)])
+    picked = block.subset([1, 2, 4])
+    assert torch.allclose(picked.dense_cov(), block.dense_cov()[[1, 2, 4]][:, [1, 2, 4]])
+    assert isinstance(block.subset([0, 1]), DiagonalGaussian)  # a block left whole, the other dropped

@@ -91,6 +91,11 @@ class ObsOperator(abc.ABC):
     #: observation); see :meth:`from_config`.
     config_component_keys: ClassVar[tuple[str, ...]] = ("channels", "variables", "levels")
 
+    #: the constructor fields holding one value per observation (leading axis ``M``), for :meth:`select`;
+    #: ``None``: every constructor field whose value is a 1-D array of length ``M`` (families that declare a
+    #: ``values_field``), else :meth:`select` refuses.
+    row_fields: ClassVar[tuple[str, ...] | None] = None
+
     grid: Grid | None = attrs.field(default=None, init=False, repr=False)
     spec: StateSpec | None = attrs.field(default=None, init=False, repr=False)
     window: np.ndarray | None = attrs.field(default=None, init=False, repr=False)
@@ -265,6 +270,71 @@ class ObsOperator(abc.ABC):
             f"{cls.__name__} defines no synthetic network (classmethod synthetic_network); it cannot be part of an "
             "observing system"
         )
+
+    def observation_times(self) -> np.ndarray:
+        """The time of each observation ``[M]`` ``datetime64[ns]`` (default: ``metadata()["time"]``)."""
+        meta = self.metadata()
+        if "time" not in meta:
+            raise TypeError(f"{self.name}: {type(self).__name__} has no per-observation times in metadata()")
+        return np.asarray(meta["time"]).astype("datetime64[ns]")
+
+    def subset(self, t0: object, t1: object) -> Self | None:
+        """The observations with times in ``[t0, t1]`` (inclusive), as a new, unprepared operator; ``None`` if
+        there are none.
+
+        For long windows: a window's sampler needs only the observations inside it, prepared on its own ``K``
+        times instead of the whole trajectory's. Noise as in :meth:`select`.
+        """
+        lo = to_datetime64(f"{self.name}.subset", "t0", t0)[0]
+        hi = to_datetime64(f"{self.name}.subset", "t1", t1)[0]
+        times = self.observation_times()
+        keep = (times >= lo) & (times <= hi)
+        if not keep.any():
+            return None
+        return self.select(np.flatnonzero(keep))
+
+    def select(self, rows: object) -> Self:
+        """A new, unprepared operator observing only ``rows`` (int positions ``[M']``, increasing, or a bool mask
+        ``[M]``), in the same order.
+
+        A default noise model is recomputed for the selected observations; an explicit one is restricted with
+        :meth:`~appa_core.noise.NoiseModel.subset`.
+        """
+        ix = np.asarray(rows)
+        if ix.dtype == bool:
+            if ix.shape != (self.size,):
+                raise ValueError(f"{self.name}: select() mask has shape {ix.shape}, expected ({self.size},)")
+            ix = np.flatnonzero(ix)
+        ix = ix.astype(np.int64).reshape(-1)
+        if ix.size == 0:
+            raise ValueError(f"{self.name}: select() needs at least one observation")
+        if ix.min() < 0 or ix.max() >= self.size or np.any(np.diff(ix) <= 0):
+            raise ValueError(f"{self.name}: select() rows must be increasing positions in [0, {self.size})")
+        changes = self._select_fields(ix)
+        assert self.noise is not None
+        changes["noise"] = None if self._noise_is_default else self.noise.subset(ix)
+        return attrs.evolve(self, **changes)
+
+    def _select_fields(self, rows: np.ndarray) -> dict[str, object]:
+        """Constructor keywords for the observations ``rows`` (see :attr:`row_fields`); override for families
+        whose observations are not one value per field entry."""
+        if self.row_fields is None and self.values_field is None:
+            raise TypeError(
+                f"{self.name}: {type(self).__name__} cannot select observations (declare row_fields or override "
+                "_select_fields)"
+            )
+        m, out = self.size, {}
+        for a in attrs.fields(type(self)):
+            if not a.init or a.alias in ("noise", "name"):
+                continue
+            if self.row_fields is not None and a.alias not in self.row_fields:
+                continue
+            value = getattr(self, a.name)
+            if isinstance(value, np.ndarray) and value.ndim >= 1 and value.shape[0] == m:
+                if self.row_fields is None and value.ndim != 1:
+                    continue
+                out[a.alias] = value[rows]
+        return out
 
     def simulate(
         self,

@@ -79,6 +79,12 @@ class ObsSet:
             op.prepare(grid, spec, times)
         return self
 
+    def subset(self, t0: object, t1: object) -> ObsSet | None:
+        """The operators' :meth:`~appa_core.obs.ObsOperator.subset` (unprepared; operators with no observation in
+        ``[t0, t1]`` are left out, names kept); ``None`` if none is left."""
+        ops = [s for s in (op.subset(t0, t1) for op in self.operators) if s is not None]
+        return ObsSet(ops) if ops else None
+
     def __call__(self, x: Tensor) -> Tensor:
         """Predicted observations ``[B, M]`` for states ``[B, T, C, H, W]``."""
         return torch.cat([op(x) for op in self.operators], dim=-1)

@@ -201,10 +201,12 @@ class PointOperator(SparseLinearOperator):
     _stencil: PointStencil | None = attrs.field(default=None, init=False, repr=False)
 
     values_field: ClassVar[str | None] = "value"
+    row_fields: ClassVar[tuple[str, ...] | None] = ("variable", "lat", "lon", "time", "value", "error", "station_id")
 
     # ------------------------------------------------------------------ hooks
     def _point_fields(self, owner: str, m: int) -> dict[str, np.ndarray]:
-        """The family's own per-observation fields, broadcast to ``[m]`` (their lengths are checked together)."""
+        """The family's own per-observation fields, broadcast to ``[m]`` (their lengths are checked together; list
+        them in ``row_fields`` too, for :meth:`select`)."""
         return {}
 
     def _validate_point_fields(self, owner: str, arrays: dict[str, np.ndarray]) -> None:

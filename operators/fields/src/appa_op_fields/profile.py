@@ -17,7 +17,7 @@ with ``out_of_range="error"``, refused at ``prepare``. The operator is linear wi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
@@ -77,6 +77,8 @@ class PressureLevelOp(PointOperator):
         out_of_range: ``"clamp"`` (default) uses the nearest end level above the top / below the bottom model
             level; ``"error"`` refuses such pressures at ``prepare``.
     """
+
+    row_fields: ClassVar[tuple[str, ...] | None] = (*PointOperator.row_fields, "pressure")  # type: ignore[misc]
 
     pressure: Any = attrs.field()
     out_of_range: str = attrs.field(default="clamp")

@@ -355,6 +355,24 @@ class FootprintOperator(SparseLinearOperator):
             out[key] = np.tile(np.asarray(value), self.n_footprints)
         return out
 
+    def _select_fields(self, rows: np.ndarray) -> dict[str, object]:
+        """Whole footprints only (all ``K`` observations of each selected footprint)."""
+        k = self.n_components
+        fp = np.unique(rows // k)
+        if fp.size * k != rows.size or np.any(np.repeat(fp, k) * k + np.tile(np.arange(k), fp.size) != rows):
+            raise ValueError(f"{self.name}: select() must take all {k} observations of each footprint it keeps")
+        out: dict[str, object] = {
+            "lat": self.lat[fp],
+            "lon": self.lon[fp],
+            "time": self.time[fp],
+            "values": self._y[fp],
+        }
+        for field in ("radius_km", "zenith_deg", "scan_position"):
+            value = getattr(self, field)
+            if value is not None:
+                out[field] = np.asarray(value)[fp]
+        return out
+
     # ------------------------------------------------------------------ synthetic observations
     def _adopt_prepared(self, other: Self) -> None:
         """Reuse ``other``'s prepared geometry (same footprints and times): no second ``prepare``."""

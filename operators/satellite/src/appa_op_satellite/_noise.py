@@ -82,6 +82,21 @@ class BlockCorrelatedGaussian(NoiseModel):
             raise ValueError(f"BlockCorrelatedGaussian: has {self.size} observations, asked for {size}")
         return self
 
+    def subset(self, index: object) -> NoiseModel:
+        """Whole footprints keep this type (``n_blocks`` of them); any other selection gives the covariance's
+        sub-matrix (:meth:`appa_core.noise.NoiseModel.subset`)."""
+        size, k = self._require_size(), self.block_size
+        ix = torch.as_tensor(np.asarray(index))
+        if ix.dtype == torch.bool and ix.numel() == size:
+            ix = torch.nonzero(ix).reshape(-1)
+        ix = ix.to(torch.int64).reshape(-1)
+        if ix.numel() and ix.numel() % k == 0:
+            blocks = ix.reshape(-1, k)
+            whole = bool((blocks == blocks[:, :1] + torch.arange(k)).all()) and bool((blocks[:, 0] % k == 0).all())
+            if whole and int(ix.max()) < size:
+                return BlockCorrelatedGaussian(self.block_cov, blocks.shape[0])
+        return super().subset(ix)
+
     def _blocks(self, v: Tensor) -> Tensor:
         self._check_residual(v)
         return v.reshape(*v.shape[:-1], -1, self.block_size)

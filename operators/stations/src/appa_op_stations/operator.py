@@ -26,7 +26,7 @@ The operator is affine, :math:`\mathcal{H}(x) = A\,\mathrm{vec}(x) + b`, with 8 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import numpy as np
@@ -105,6 +105,13 @@ class StationOp(PointOperator):
         reference_temperature: layer-mean temperature :math:`\\bar T` in K for the hypsometric correction of
             surface pressure (scalar or ``[M]``); ``None`` uses the standard atmosphere.
     """
+
+    row_fields: ClassVar[tuple[str, ...] | None] = (
+        *PointOperator.row_fields,  # type: ignore[misc]
+        "level",
+        "elevation",
+        "reference_temperature",
+    )
 
     level: Any = attrs.field(default=None)
     elevation: Any = attrs.field(default=None)
