@@ -110,7 +110,7 @@ def _missing_command(command: str) -> int:
         dist, pip_arg = MOVED_COMMANDS[command]
         print(
             f"appa: command {command!r} is provided by the plugin distribution {dist}, which is not installed or "
-            f"did not load: pip install {pip_arg}{broken}",
+            f"did not load: pip install {dist} (from a clone of appa-core: pip install {pip_arg}){broken}",
             file=sys.stderr,
         )
     else:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,55 @@ SCORED: tuple[tuple[str, int | None, str], ...] = (
 )
 _SCALE = {"specific_humidity": 1e3, "mean_sea_level_pressure": 1e-2}
 FAMILIES = ("stations", "swath", "radiance", "sondes")
+#: The registry operator each observation family of the demo needs.
+FAMILY_OPERATORS: dict[str, str] = {
+    "stations": "station",
+    "swath": "swath",
+    "radiance": "radiance",
+    "sondes": "pressure_level",
+}
+
+
+def installed_families(families: Sequence[str] = FAMILIES) -> tuple[list[str], dict[str, str]]:
+    """``(available, missing)``: the demo's observation families whose operator is installed, and for the others
+    the distribution to ``pip install`` (``{"sondes": "appa-op-fields"}``)."""
+    from appa_core.plugins import UnknownComponentError, get_registry
+    from appa_workflows.observing import OPERATOR_DISTRIBUTIONS
+
+    reg = get_registry()
+    available, missing = [], {}
+    for family in families:
+        operator = FAMILY_OPERATORS[family]
+        try:
+            reg.component("operator", operator)
+        except UnknownComponentError:
+            missing[family] = OPERATOR_DISTRIBUTIONS[operator]
+        else:
+            available.append(family)
+    return available, missing
+
+
+def _choose_families(operators: Sequence[str] | None) -> list[str]:
+    """The families to simulate: the requested ones (each must be installed), or every installed one (``None``);
+    a missing distribution is named in one line."""
+    requested = FAMILIES if operators is None else tuple(operators)
+    unknown = [f for f in requested if f not in FAMILIES]
+    if unknown:
+        raise ValueError(f"appa demo: --operators has unknown value {unknown[0]!r}; choose from {','.join(FAMILIES)}")
+    available, missing = installed_families(requested)
+    if operators is not None and missing:
+        family, dist = next(iter(missing.items()))
+        raise ValueError(
+            f"appa demo: --operators has value {family!r}, whose operator {FAMILY_OPERATORS[family]!r} is not "
+            f"installed: pip install {dist}"
+        )
+    if not available:
+        dists = " ".join(dict.fromkeys(missing.values()))
+        raise ValueError(f"appa demo: no observation operator is installed: pip install {dists}")
+    if missing:
+        dists = " ".join(dict.fromkeys(missing.values()))
+        print(f"  (skipping {', '.join(missing)}: not installed; pip install {dists} for the full demo)")
+    return available
 
 
 def _row(name: str, level: int | None) -> str:
@@ -110,13 +160,17 @@ def run_demo(
     iters: int | None = DEMO_ITERS,
     tol: float | None = DEMO_TOL,
     hours: int = 24,
-    operators: tuple[str, ...] = FAMILIES,
+    operators: tuple[str, ...] | None = None,
     seed: int = 0,
     start_index: int = 4,
     plots: bool = True,
     progress: bool = True,
 ) -> dict[str, object]:
-    """Run the demo; returns a summary (scores, paths, timings). See :func:`main` for the options."""
+    """Run the demo; returns a summary (scores, paths, timings). See :func:`main` for the options.
+
+    ``operators``: the observation families (:data:`FAMILIES`); ``None``: every family whose operator is installed
+    (the others are named with the distribution to install).
+    """
     from appa_core.data import load_truth_slice
     from appa_core.prior import Prior
     from appa_core.sampler import Sampler, save_zarr, split_diagnostics
@@ -124,6 +178,7 @@ def run_demo(
 
     if members < 2:
         raise ValueError(f"appa demo: --members has value {members}; need at least 2 for spread and CRPS")
+    families = _choose_families(operators)  # before anything is loaded: a missing distribution is named at once
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -144,7 +199,7 @@ def run_demo(
     if grid != prior.grid:
         raise ValueError("appa demo: the truth slice and the demo prior are on different grids")
 
-    obs = _observing_system(set(operators)).build(x_true, grid, prior.spec, times, seed=seed)
+    obs = _observing_system(set(families)).build(x_true, grid, prior.spec, times, seed=seed)
     n_obs = {str(op.name): op.size for op in obs}
     print(
         f"appa demo: {hours} h reanalysis from {str(times[0])[:16]}, {members} members, "
@@ -253,8 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hours", type=nonnegative_int, default=24, help="window length in hours (multiple of 6)")
     parser.add_argument(
         "--operators",
-        default=",".join(FAMILIES),
-        help="comma-separated observation families",
+        help=f"comma-separated observation families among {','.join(FAMILIES)} (default: every installed one)",
     )
     parser.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the observations and the sampler")
     parser.add_argument(
@@ -272,7 +326,9 @@ def main(argv: list[str] | None = None) -> int:
             iters=args.iters,
             tol=args.tol if args.tol > 0 else None,
             hours=args.hours,
-            operators=tuple(s.strip() for s in args.operators.split(",") if s.strip()),
+            operators=None
+            if args.operators is None
+            else tuple(s.strip() for s in args.operators.split(",") if s.strip()),
             seed=args.seed,
             start_index=args.start_index,
             plots=not args.no_plots,

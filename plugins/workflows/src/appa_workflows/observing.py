@@ -40,15 +40,26 @@ SURFACE_STATION_VARIABLES = (
 )
 
 
+#: The distribution that provides each operator the presets use (registry name -> distribution).
+OPERATOR_DISTRIBUTIONS: dict[str, str] = {
+    "station": "appa-op-stations",
+    "swath": "appa-op-satellite",
+    "radiance": "appa-op-satellite",
+    "pressure_level": "appa-op-fields",
+    "masked_field": "appa-op-fields",
+}
+
+
 def _operator_class(name: str) -> Any:
     from appa_core.plugins import get_registry
 
     try:
         return get_registry().operator(name)
     except Exception as exc:  # the registry's own error says which plugin is missing
+        dist = OPERATOR_DISTRIBUTIONS.get(name)
+        advice = f"pip install {dist}" if dist else "see appa plugins"
         raise RuntimeError(
-            f"ObservingSystem: operator {name!r} is not available ({exc}); the presets' families need "
-            "pip install -e operators/stations -e operators/satellite -e operators/fields"
+            f"ObservingSystem: operator {name!r} is not installed: {advice} ({str(exc).splitlines()[0]})"
         ) from exc
 
 
