@@ -37,6 +37,7 @@ Failures are reported, never propagated silently: a non-finite residual or solut
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import attrs
 import numpy as np
@@ -421,8 +422,17 @@ class PosteriorDenoiser:
         guidance: :class:`MMPS`, :class:`DPS` or ``None`` (unguided).
         on_failure: ``"warn"`` (unconverged solves are listed in :attr:`failures`; the sampler warns once),
             ``"raise"`` (raise :class:`GuidanceError` at once) or ``"ignore"``.
+        windowed: denoise and guide the windows one after the other, each with only its own observations
+            (:meth:`~appa_core.obs.ObsOperator.select` of its rows, prepared on its ``size`` times) and only its
+            own graph: memory is bounded by one window, whatever the trajectory's length. ``None`` (default): when
+            there are several windows and every operator has observation times and can select its rows
+            (:meth:`~appa_core.obs.ObsOperator.observation_times`, :meth:`~appa_core.obs.ObsOperator.select`);
+            ``False``: all windows at once, on operators prepared on the whole frame (memory grows with windows x
+            frame length). The two agree to rounding for Gaussian noise (the windows' systems are independent in
+            both); robust models' Hutchinson estimates use other probes.
 
-    Every guided call's :class:`GuidanceReport` is kept in :attr:`reports`.
+    Every guided call's :class:`GuidanceReport` is kept in :attr:`reports` (windowed: one report per call, the
+    worst over the windows).
     """
 
     def __init__(
@@ -440,6 +450,7 @@ class PosteriorDenoiser:
         row_allowed: np.ndarray | None = None,
         guidance: MMPS | DPS | None = None,
         on_failure: str = "warn",
+        windowed: bool | None = None,
     ) -> None:
         if on_failure not in ("warn", "raise", "ignore"):
             raise ValueError(f"PosteriorDenoiser: field 'on_failure' has value {on_failure!r}")
@@ -484,6 +495,15 @@ class PosteriorDenoiser:
         self._unit_rows = None
         if known is not None:
             self._unit_rows = torch.cat([torch.zeros(m_obs), torch.ones(m_k)]).to(torch.float64)
+        self.windows: list[_Window | None] | None = None
+        if self.active and (windowed or (windowed is None and len(self.starts) > 1)):
+            assert self.mask is not None
+            try:
+                self.windows = [_Window.build(self, a, self.mask[i].numpy(), m_obs) for i, a in enumerate(self.starts)]
+            except TypeError:  # an operator that cannot select its rows: all windows at once
+                if windowed:
+                    raise
+                self.windows = None
 
     @property
     def failures(self) -> list[GuidanceReport]:
@@ -543,6 +563,8 @@ class PosteriorDenoiser:
         b = z.shape[0]
         sig0 = float(sigma.reshape(-1)[0])
         where = f"step {self.step} (sigma={sig0:.4g})"
+        if self.windows is not None:
+            return self._call_windowed(z, sigma, where)
         zw = torch.stack([z[:, a - self.offset : a - self.offset + self.size] for a in self.starts]).detach()
         with torch.enable_grad():
             if self.active:
@@ -572,6 +594,116 @@ class PosteriorDenoiser:
                 out = zh.detach()
         parts = [out[i, :, lo - a : hi - a] for i, (a, (lo, hi)) in enumerate(zip(self.starts, self.keep, strict=True))]
         return torch.cat(parts, dim=1)
+
+    def _call_windowed(self, z: Tensor, sigma: Tensor, where: str) -> Tensor:
+        """One window after the other, each with its own observations and graph (see ``windowed``)."""
+        assert self.windows is not None and self.guidance is not None
+        b = z.shape[0]
+        outs, reports = [], []
+        for a, win in zip(self.starts, self.windows, strict=True):
+            zi = z[:, a - self.offset : a - self.offset + self.size].detach()
+            times = self.frame_times[a : a + self.size]
+            if win is None:  # no observation in this window
+                with torch.no_grad():
+                    outs.append(self.prior.denoise(zi, sigma, times).detach())
+                continue
+            with torch.enable_grad():
+                leaf = zi[None].requires_grad_(True)
+                zh = self.prior.denoise(leaf[0], sigma, times)[None]
+                if not bool(torch.isfinite(zh).all()):
+                    raise GuidanceError(f"{where}: the prior's denoiser returned non-finite values")
+                y_hat = win.observe(zh)
+                y = win.targets(b, y_hat)
+                out, report = self.guidance.guide(
+                    leaf, zh, y_hat, win.observe, y, win.noise, sigma.reshape(1, b), None, win.names, where,
+                    win.unit_rows,
+                )  # fmt: skip
+            reports.append(report)
+            outs.append(out[0])
+        if reports:
+            per_op: dict[str, float] = {}
+            for r in reports:
+                for k, v in r.operator_residuals.items():
+                    per_op[k] = max(per_op.get(k, 0.0), v)
+            report = GuidanceReport(
+                all(r.converged for r in reports),
+                max(r.iterations for r in reports),
+                max(r.residual for r in reports),
+                per_op,
+                where,
+            )
+            self.reports.append(report)
+            if not report.converged and self.on_failure == "raise":
+                raise GuidanceError(_failure_message([report], self.calls, self.guidance))
+        parts = [o[:, lo - a : hi - a] for o, a, (lo, hi) in zip(outs, self.starts, self.keep, strict=True)]
+        return torch.cat(parts, dim=1)
+
+
+@attrs.define(eq=False)
+class _Window:
+    """One window's observations for :meth:`PosteriorDenoiser._call_windowed`: its rows of every operator
+    (selected and prepared on the window's times) and its known states, with their noise and names."""
+
+    prior: DiffusionPrior
+    ops: list[Any]
+    known: KnownStates | None
+    names: dict[str, slice]
+    noise: NoiseModel
+    unit_rows: Tensor | None
+    values: Tensor
+
+    @classmethod
+    def build(cls, den: PosteriorDenoiser, start: int, mask: np.ndarray, m_obs: int) -> _Window | None:
+        times = den.frame_times[start : start + den.size]
+        ops, names, models, values, pos = [], {}, [], [], 0
+        if den.obs is not None:
+            for op in den.obs.operators:  # TypeError for operators without times: they cannot move to a window
+                op.observation_times()
+            rows = np.flatnonzero(mask[:m_obs])
+            for name, op in zip(den.obs.names, den.obs.operators, strict=True):
+                sl = den.obs.slices[name]
+                local = rows[(rows >= sl.start) & (rows < sl.stop)] - sl.start
+                if local.size == 0:
+                    continue
+                sub = op.select(local).prepare(op.grid, op.spec, times)  # type: ignore[arg-type]
+                ops.append(sub)
+                names[name] = slice(pos, pos + sub.size)
+                models.append(sub.noise)
+                values.append(sub.values)
+                pos += sub.size
+        known, unit_rows = None, None
+        if den.known is not None:
+            index = np.asarray(den.known.index)
+            sel = np.flatnonzero((index >= start) & (index < start + den.size))
+            if sel.size:
+                known = KnownStates(index[sel] - start, den.known.values[:, sel], den.known.std)
+                m_k = known.size
+                names["known_states"] = slice(pos, pos + m_k)
+                models.append(DiagonalGaussian(known.std).expand(m_k))
+                unit_rows = torch.cat([torch.zeros(pos), torch.ones(m_k)]).to(torch.float64)
+        if not models:
+            return None
+        noise = models[0] if len(models) == 1 else BlockDiagonal(models)
+        obs_values = torch.cat(values).to(torch.float64) if values else torch.zeros(0, dtype=torch.float64)
+        return cls(den.prior, ops, known, names, noise, unit_rows, obs_values)
+
+    def observe(self, zh: Tensor) -> Tensor:
+        """``[1, B, K, *event_rest] -> [1, B, M_w]``."""
+        ys = []
+        if self.ops:
+            x = self.prior.decode(zh[0])
+            ys.extend(op(x) for op in self.ops)
+        if self.known is not None:
+            idx = torch.as_tensor(np.asarray(self.known.index), device=zh.device)
+            ys.append(zh[0][:, idx].reshape(zh.shape[1], -1))
+        return torch.cat(ys, dim=-1)[None]
+
+    def targets(self, b: int, like: Tensor) -> Tensor:
+        ys = [self.values.to(device=like.device).expand(b, -1)] if self.ops else []
+        if self.known is not None:
+            kv = self.known.values.reshape(self.known.values.shape[0], -1).to(torch.float64).to(like.device)
+            ys.append(kv.expand(b, -1))
+        return torch.cat(ys, dim=-1)[None]
 
 
 def _failure_message(reports: list[GuidanceReport], calls: int, guidance: object) -> str:
