@@ -177,9 +177,10 @@ def open_wb2(
         (ascending in [0, 360)); dim order within each variable is left as stored (convert by name).
 
     Raises:
-        FileNotFoundError: local store missing. ImportError: the fsspec backend (e.g. gcsfs) is not installed.
+        FileNotFoundError: local store missing.
+        ImportError: the fsspec backend (e.g. gcsfs) is not installed.
         ValueError: a requested variable or level is absent (the message lists what is there), or the time
-        selection is empty.
+            selection is empty.
     """
     owner = "open_wb2"
     for field, value in (("time_stride", time_stride), ("spatial_stride", spatial_stride)):
