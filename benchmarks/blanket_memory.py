@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _report import write_section  # noqa: E402
+
 LENGTHS = (8, 16, 32, 64)
 
 
@@ -165,16 +169,8 @@ def main() -> None:
     section = "\n".join(lines) + "\n"
     print(section)
     if args.write:
-        path = ROOT / "docs" / "benchmarks.md"
-        text = path.read_text()
-        pattern = r"^## Blanket memory against the trajectory length\n.*?(?=\n## |\Z)"
-        if re.search(pattern, text, flags=re.S | re.M):
-            text = re.sub(pattern, lambda _: section.rstrip() + "\n", text, flags=re.S | re.M)
-        else:
-            text = text.rstrip() + "\n\n" + section
-        path.write_text(text)
+        write_section(section)
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     main()

@@ -32,8 +32,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -46,6 +44,11 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _report import machine, write_section  # noqa: E402
+
 OLD_REV = "834ca1c"  # the last commit with the gather + index_add operators and the old footprint stencil
 NLAT, NLON, T = 721, 1440, 5
 
@@ -220,18 +223,6 @@ def swath(hours: int, repeat: int) -> dict:
     return {"n": op.n_footprints, "nnz": op.footprint_weights().nnz, "ts": ts, "old": old_mod is not None}
 
 
-def _machine() -> str:
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="10^5 stations, 6 h of swath, 3 repeats")
@@ -252,7 +243,7 @@ def main() -> None:
     lines = [
         "## Operators near their limits",
         "",
-        f"`{cmd}` ({time.strftime('%Y-%m-%d')}), one run of {elapsed:.0f} s, 1 torch thread; machine: {_machine()}; "
+        f"`{cmd}` ({time.strftime('%Y-%m-%d')}), one run of {elapsed:.0f} s, 1 torch thread; machine: {machine()}; "
         f"load average {load0[0]:.1f} at the start, {load1[0]:.1f} at the end (the 2 cores are shared with other "
         "jobs). Times in ms: median of "
         f"{repeat} interleaved repeats (min-max); ratios old/new: ratio of the medians (min-max of the per-repeat "
@@ -320,16 +311,8 @@ def main() -> None:
     section = "\n".join(lines) + "\n"
     print(section)
     if args.write and not args.quick:
-        path = ROOT / "docs" / "benchmarks.md"
-        text = path.read_text()
-        pattern = r"^## Operators near their limits\n.*?(?=\n## |\Z)"
-        if re.search(pattern, text, flags=re.S | re.M):
-            text = re.sub(pattern, lambda _: section.rstrip() + "\n", text, flags=re.S | re.M)
-        else:
-            text = text.rstrip() + "\n\n" + section
-        path.write_text(text)
+        write_section(section)
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     main()
