@@ -45,9 +45,16 @@ class CSRMatrix:
         reorder: store the rows sorted by their first column (better memory locality for scattered rows).
         canonical: sum duplicate entries (and sort the columns of each row); ``False`` trusts the caller that no
             row repeats a column (the products do not need sorted columns), which saves a sort in ``prepare``.
+        backend: ``"auto"`` (scipy on CPU, torch sparse CSR elsewhere), ``"scipy"`` (CPU only) or ``"torch"``
+            (everywhere; on CPU it tests the path other devices take).
     """
 
-    def __init__(self, matrix: sp.sparray | sp.spmatrix, reorder: bool = False, canonical: bool = True) -> None:
+    def __init__(
+        self, matrix: sp.sparray | sp.spmatrix, reorder: bool = False, canonical: bool = True, backend: str = "auto"
+    ) -> None:
+        if backend not in ("auto", "scipy", "torch"):
+            raise ValueError(f"CSRMatrix: field 'backend' has value {backend!r}; use 'auto', 'scipy' or 'torch'")
+        self.backend = backend
         A = sp.csr_array(matrix, dtype=np.float64)
         if canonical:
             A.sum_duplicates()
@@ -101,11 +108,18 @@ class CSRMatrix:
             self._torch[key] = (fwd, adj, order, inverse)
         return self._torch[key]
 
+    def _use_torch(self, x: Tensor) -> bool:
+        if x.device.type != "cpu":
+            if self.backend == "scipy":
+                raise ValueError(f"CSRMatrix: backend 'scipy' works on CPU tensors, got one on {x.device}")
+            return True
+        return self.backend == "torch"
+
     # ------------------------------------------------------------------ raw products (no autograd)
     def matvec(self, x: Tensor) -> Tensor:
         """:math:`A x` for ``x`` ``[..., N]`` -> ``[..., M]`` (no autograd; use :func:`csr_matmul`)."""
         lead, rows = x.shape[:-1], x.reshape(-1, x.shape[-1])
-        if x.device.type != "cpu":
+        if self._use_torch(x):
             fwd, _, _, inverse = self._torch_csr(x.dtype, x.device)
             y = (fwd @ rows.T).T
             y = y if inverse is None else y[:, inverse]
@@ -126,7 +140,7 @@ class CSRMatrix:
         and touching a dense state-sized gradient costs ~10x less than a torch allocation on Linux).
         """
         lead, rows = g.shape[:-1], g.reshape(-1, g.shape[-1])
-        if g.device.type != "cpu":
+        if self._use_torch(g):
             _, adj, order, _ = self._torch_csr(g.dtype, g.device)
             gs = rows if order is None else rows[:, order]
             return (adj @ gs.T).T.reshape(*lead, self.shape[1])
