@@ -12,17 +12,21 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def machine() -> str:
-    """CPU model, core count, Python and torch versions."""
-    cpu = platform.machine()
+def cpu_name() -> str:
+    """The CPU model from ``/proc/cpuinfo`` (the processor architecture where it cannot be read)."""
+    cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
+    return cpu
+
+
+def machine() -> str:
+    """CPU model, core count, Python and torch versions."""
+    return f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
 
 
 def write_section(section: str, path: Path = ROOT / "docs" / "benchmarks.md") -> None:
