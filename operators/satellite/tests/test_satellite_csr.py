@@ -10,7 +10,7 @@ from _satellite_setup import state, tiny_setup
 
 from appa_core.geo import EARTH_RADIUS_KM, great_circle_km
 from appa_core.grid import Grid
-from appa_op_satellite import RadianceOp, SwathOp, amsua_channels, footprint_stencil
+from appa_op_satellite import FootprintStencil, RadianceOp, SwathOp, amsua_channels, footprint_stencil
 from appa_op_satellite.footprint import KERNELS, concat_stencils
 
 
@@ -127,3 +127,14 @@ def _radiance_fields() -> dict:
         "radius_km": 1000.0,
         "zenith_deg": rng.uniform(-50, 50, n),
     }
+
+
+def test_from_coo_builds_the_same_stencil() -> None:
+    grid = Grid.equiangular(37, 72)
+    st = footprint_stencil(grid, np.array([10.0, -40.0]), np.array([3.0, 200.0]), np.array([900.0, 1500.0]))
+    shuffle = np.random.default_rng(0).permutation(st.nnz)
+    again = FootprintStencil.from_coo(st.rows[shuffle], st.cells[shuffle], st.weights[shuffle], st.size, st.bilinear)
+    np.testing.assert_array_equal(again.indptr, st.indptr)
+    np.testing.assert_allclose(
+        again.matrix(grid.nlat * grid.nlon).toarray(), st.matrix(grid.nlat * grid.nlon).toarray()
+    )

@@ -68,6 +68,17 @@ class FootprintStencil:
         self.size = int(size)
         self.bilinear = bilinear
 
+    @classmethod
+    def from_coo(
+        cls, rows: np.ndarray, cells: np.ndarray, weights: np.ndarray, size: int, bilinear: np.ndarray
+    ) -> FootprintStencil:
+        """A stencil from COO entries (``rows [E]`` footprint index, any order): the constructor of appa-op-satellite
+        0.1, whose first argument was ``rows``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        order = np.argsort(rows, kind="stable")
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=int(size)))])
+        return cls(indptr, np.asarray(cells)[order], np.asarray(weights, dtype=np.float64)[order], size, bilinear)
+
     @functools.cached_property
     def rows(self) -> np.ndarray:
         """``[E]`` int64 footprint index of each entry."""
