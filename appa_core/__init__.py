@@ -7,7 +7,7 @@ stay cheap)::
 
     prior = appa_core.Prior.demo()                                   # or Prior.load(path), GaussianPrior(...)
     sampler = appa_core.Sampler(prior)                               # calibrated defaults (docs/sampler.md)
-    post = sampler.posterior(obs=[...], start=t0, length=5, members=8)   # xarray.Dataset with a member dim
+    post = sampler.posterior(obs=[...], start=t0, hours=24, members=8)  # 5 states; Dataset with a member dim
 """
 
 from __future__ import annotations

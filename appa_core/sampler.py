@@ -469,7 +469,7 @@ class Sampler:
                 are prepared here on ``(prior.grid, prior.spec, window times)``; observations outside the grid,
                 the window or the prior's variables are refused before sampling.
             start: first valid time (``datetime64`` or ISO string); states are ``prior.timestep`` apart.
-            length: number of states ``L`` (not hours: ``length=24`` is 24 states, 6 days at 6-hourly states).
+            length: number of states ``L``, not hours: ``length=24`` is 24 states (138 h at 6-hourly states).
                 Give exactly one of ``length``, ``hours`` and ``duration``.
             members: ensemble size ``B``.
             seed: seed of the ``torch.Generator`` (initial noise and stochastic steps).
