@@ -2,6 +2,7 @@
 #
 #   make demo    create .venv, install torch==2.13.0 then the distributions the demo needs, run `appa demo`
 #   make test    create .venv, install every distribution with the dev extra, run the test command of .ci/run
+#   make docs    the same environment; build the documentation site with the API reference (mkdocs --strict)
 #
 # The install and test lines are the README's explicit steps, line for line (tests/test_cli.py checks it).
 # Overrides: VENV=/some/env (another environment), PYTHON=python3.11, DEMO_ARGS="--members 4 --steps 8".
@@ -12,13 +13,16 @@ VENV ?= .venv
 DEMO_ARGS ?=
 ACTIVATE = . $(VENV)/bin/activate
 
-.PHONY: demo test install-demo install-dev clean-venv
+.PHONY: demo test docs install-demo install-dev clean-venv
 
 demo: $(VENV)/.appa-demo-installed
 	$(ACTIVATE) && appa demo $(DEMO_ARGS)
 
 test: $(VENV)/.appa-dev-installed
 	$(ACTIVATE) && python -m pytest -q tests operators plugins
+
+docs: $(VENV)/.appa-dev-installed
+	$(ACTIVATE) && mkdocs build --strict
 
 install-demo: $(VENV)/.appa-demo-installed
 install-dev: $(VENV)/.appa-dev-installed
