@@ -7,6 +7,7 @@ One tiny run (a climatological ``GaussianPrior`` on a 6 x 12 grid from the bundl
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib.image
@@ -17,7 +18,7 @@ import xarray as xr
 import appa_core.cli as cli
 from appa_core.data import load_truth_slice
 from appa_workflows.assimilate import load_config, run
-from appa_workflows.plot import PANEL_SIZE, coastlines, plot_posterior, scores_by_lead
+from appa_workflows.plot import PANEL_SIZE, coastlines, plot_posterior, scores_by_lead, truth_of
 
 CONFIG = """
 [prior]
@@ -146,3 +147,16 @@ def test_evaluate_plot(assimilated: tuple[Path, object], tmp_path: Path, capsys:
     assert list(table.columns) == ["crps", "rmse", "spread"]
     assert table.loc["2m_temperature"].index.tolist() == [0.0, 6.0]
     assert (table["rmse"] > 0).all()
+
+
+def test_plot_finds_the_truth_of_the_run(assimilated: tuple[Path, object], tmp_path: Path) -> None:
+    """The store records its truth (``appa_truth``: "demo" or an absolute path); a relative config path alone is
+    not guessed."""
+    folder, _ = assimilated
+    assert xr.open_zarr(folder / "posterior.zarr").attrs["appa_truth"] == "demo"
+    store = tmp_path / "truth.zarr"
+    store.mkdir()
+    assert truth_of(xr.Dataset(attrs={"appa_truth": str(store)})) == str(store)
+    assert truth_of(xr.Dataset(attrs={"appa_truth": str(tmp_path / "gone.zarr")})) is None
+    assert truth_of(xr.Dataset(attrs={"appa_config": json.dumps({"truth": {"path": "demo"}})})) == "demo"
+    assert truth_of(xr.Dataset(attrs={"appa_config": json.dumps({"truth": {"path": "rel.zarr"}})})) is None

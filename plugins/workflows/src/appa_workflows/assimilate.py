@@ -961,6 +961,8 @@ def run(
         appa_window=json.dumps({"start": _iso(start), "states": n_win, "timestep_hours": _hours(dt)}),
         appa_sampling_seconds=round(seconds, 3),
     )
+    if cfg.truth is not None:  # where appa plot finds the truth again ("demo", an URL or an absolute path)
+        ds.attrs["appa_truth"] = cfg.truth if cfg.truth == "demo" or "://" in cfg.truth else str(cfg.resolve(cfg.truth))
     out_dir = cfg.output_dir
     with warnings.catch_warnings():  # zarr 3 notes that consolidated metadata is not in its spec
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)

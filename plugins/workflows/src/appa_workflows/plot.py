@@ -467,10 +467,12 @@ def open_store(path: str, what: str) -> xr.Dataset:
 
 
 def truth_of(posterior: xr.Dataset) -> str | None:
-    """The truth a posterior written by ``appa assimilate`` was run with (its ``appa_config``), or ``None``.
-
-    Only ``"demo"`` or an absolute path is returned (relative paths were relative to a config file, unknown here).
-    """
+    """The truth a posterior written by ``appa assimilate`` was run with, or ``None``: its ``appa_truth`` attribute
+    (``"demo"`` or the store's absolute path), else its config's ``[truth] path`` when that is ``"demo"`` or an
+    absolute path (a relative one was relative to the config file, unknown here)."""
+    recorded = posterior.attrs.get("appa_truth")
+    if isinstance(recorded, str) and (recorded == "demo" or Path(recorded).exists()):
+        return recorded
     try:
         raw = json.loads(posterior.attrs.get("appa_config", "{}"))
     except ValueError:
