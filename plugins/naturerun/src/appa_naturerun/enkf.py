@@ -71,7 +71,13 @@ SCORED: tuple[tuple[str, str, int | None], ...] = (
     ("MSLP", "mean_sea_level_pressure", None),
 )
 #: Spectral prognostics to which the weights are applied (names in the nodal dict of an ensemble model).
-PROGNOSTICS = ("vorticity", "divergence", "temperature_variation", "log_surface_pressure", "specific_humidity")
+#: The model-state fields the analysis weights are applied to, on the model's Gaussian grid (``winds="uv"``: the
+#: winds are analysed as ``u, v``, converted from / back to the prognostic vorticity and divergence; ``"vordiv"``:
+#: as vorticity and divergence). Neither is exact with column-varying weights: combining vorticity columns is not
+#: combining winds (the wind is a non-local function of the vorticity), and combining wind columns creates
+#: divergence ``v . grad(T)`` (so a surface-pressure tendency) where the weights vary.
+PROGNOSTICS = ("u", "v", "temperature_variation", "log_surface_pressure", "specific_humidity")
+PROGNOSTICS_VORDIV = ("vorticity", "divergence", *PROGNOSTICS[2:])
 
 
 class EnsembleModel(Protocol):
@@ -242,7 +248,11 @@ class JcmEnsemble:
         bank: str | Path | None = None,
         bank_days: int = 3,
         exclude_days: float = 0.0,
+        winds: str = "uv",
     ):
+        if winds not in ("uv", "vordiv"):
+            raise ValueError(f"JcmEnsemble: field 'winds' has value {winds!r}, expected uv or vordiv")
+        self.winds = winds
         if initial not in ("perturbed", "climatology"):
             raise ValueError(f"JcmEnsemble: field 'initial' has value {initial!r}, expected perturbed or climatology")
         if initial == "climatology" and (climate_store is None or bank is None):
@@ -333,22 +343,33 @@ class JcmEnsemble:
         return outs
 
     def get_nodal(self) -> dict[str, np.ndarray]:
+        from dinosaur.spherical_harmonic import vor_div_to_uv_nodal
+
         h = self.horizontal
-        out: dict[str, list[np.ndarray]] = {k: [] for k in PROGNOSTICS}
+        names = PROGNOSTICS if self.winds == "uv" else PROGNOSTICS_VORDIV
+        out: dict[str, list[np.ndarray]] = {k: [] for k in names}
         for s in self.dyn:
-            for k in PROGNOSTICS:
+            if self.winds == "uv":
+                u, v = vor_div_to_uv_nodal(h, s.vorticity, s.divergence)
+                out["u"].append(np.asarray(u, dtype=np.float64))
+                out["v"].append(np.asarray(v, dtype=np.float64))
+            for k in names[2:] if self.winds == "uv" else names:
                 c = s.tracers[k] if k == "specific_humidity" else getattr(s, k)
                 out[k].append(np.asarray(h.to_nodal(c), dtype=np.float64))
         return {k: np.stack(v) for k, v in out.items()}
 
     def set_nodal(self, fields: dict[str, np.ndarray]) -> None:
         import jax.numpy as jnp
+        from dinosaur.spherical_harmonic import uv_nodal_to_vor_div_modal
 
         h = self.horizontal
         for i, s in enumerate(self.dyn):
-            modal = {
-                k: jnp.asarray(h.to_modal(jnp.asarray(fields[k][i])), dtype=s.vorticity.dtype) for k in PROGNOSTICS
-            }
+            dt = s.vorticity.dtype
+            names = PROGNOSTICS[2:] if self.winds == "uv" else PROGNOSTICS_VORDIV
+            modal = {k: jnp.asarray(h.to_modal(jnp.asarray(fields[k][i])), dtype=dt) for k in names}
+            if self.winds == "uv":
+                vor, div = uv_nodal_to_vor_div_modal(h, jnp.asarray(fields["u"][i]), jnp.asarray(fields["v"][i]))
+                modal.update(vorticity=jnp.asarray(vor, dtype=dt), divergence=jnp.asarray(div, dtype=dt))
             tracers = dict(s.tracers)
             tracers["specific_humidity"] = modal.pop("specific_humidity")
             self.dyn[i] = dataclasses.replace(s, tracers=tracers, **modal)
@@ -662,6 +683,12 @@ def enkf_main(argv: Sequence[str] | None = None) -> int:
         help="initial ensemble: model states of the --climate run near the same day of year (default), or the "
         "perturbed truth (a favourable start, for comparison)",
     )
+    p.add_argument(
+        "--winds",
+        default="uv",
+        choices=["vordiv", "uv"],
+        help="model fields the weights apply to for the winds (%(default)s)",
+    )
     p.add_argument("--climate", default=None, help="nature-run store (with .state/) the initial members come from")
     p.add_argument("--bank", default=None, help="directory of the climate run's replayed states (default: OUT.bank)")
     p.add_argument("--bank-days", type=int, default=3, help="spacing of the climate dates (days; %(default)s)")
@@ -727,6 +754,7 @@ def enkf_main(argv: Sequence[str] | None = None) -> int:
         bank=a.bank or f"{Path(a.out)}.bank",
         bank_days=a.bank_days,
         exclude_days=exclude,
+        winds=a.winds,
     )
     t_setup = _time.perf_counter() - tic
     if free_h:
