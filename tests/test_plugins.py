@@ -170,6 +170,9 @@ def test_failing_plugins_are_recorded_and_others_still_load(add_dist: AddDist) -
     assert reg.data_source("fake_hook:archive") == {"url": "file:///archive"}
 
     assert reg.plugins["fake_zz"].ok and reg.operator("fake_zz:mean").__name__ == "Mean"
+    # an unknown name's error says which plugins failed to load (the name may have been theirs), and why
+    with pytest.raises(UnknownComponentError, match=r"failed to load.*fake_broken \(import: ImportError: needs libfoo"):
+        reg.operator("station")
     report = json.loads(json.dumps(reg.report()))  # JSON-serialisable
     statuses = {p["name"]: p["status"] for p in report["plugins"]}
     assert statuses == {

@@ -548,7 +548,9 @@ class Registry:
         similar = [full for full, c in table.items() if c.name == name]
         hint = f"; did you mean {' or '.join(map(repr, similar))}?" if similar else ""
         known = ", ".join(sorted(table)) or "none"
-        raise UnknownComponentError(f"Registry: unknown {label} {name!r}{hint} (known: {known})")
+        failed = [f"{p.name} ({p.errors[-1]})" for p in self.plugins.values() if p.status == "failed" and p.errors]
+        why = f"; plugin(s) that failed to load, which may hold it: {'; '.join(failed)}" if failed else ""
+        raise UnknownComponentError(f"Registry: unknown {label} {name!r}{hint} (known: {known}){why}")
 
     def operator(self, name: str) -> Any:
         """The operator class named ``name``."""
