@@ -50,6 +50,9 @@ DEFAULT_CHANNELS = (
     "geopotential@500",
     "10m_u_component_of_wind",
 )
+#: Operators with more observing sites than this (satellite footprints) are not marked on the maps (their
+#: departures map shows them).
+MAX_SITES = 2000
 #: Maps are this wide and high in inches per panel (at ``--dpi``).
 PANEL_SIZE = (4.6, 2.9)
 
@@ -285,9 +288,12 @@ def plot_posterior(
         )
         extent = _extent(mean)
         variable = channel.partition("@")[0]
-        base = {k: np.char.partition(p["variable"], "@")[:, 0] for k, p in points.items()}
-        located = [(p["lon"][base[k] == variable], p["lat"][base[k] == variable]) for k, p in points.items()]
-        located = [(x, y) for x, y in located if x.size]
+        located = []  # observing sites of this variable, per operator with at most MAX_SITES of them (stations)
+        for p in points.values():
+            keep = np.char.partition(p["variable"], "@")[:, 0] == variable
+            sites = np.unique(np.round(np.stack([p["lon"][keep], p["lat"][keep]], axis=1), 3), axis=0)
+            if 0 < len(sites) <= MAX_SITES:
+                located.append((sites[:, 0], sites[:, 1]))
         for ax, (da, title, cmap, vmin, vmax) in zip(axes[0], panels, strict=True):
             im = ax.pcolormesh(
                 da["longitude"], da["latitude"], da.transpose("latitude", "longitude"), cmap=cmap, vmin=vmin,
@@ -304,8 +310,7 @@ def plot_posterior(
             cb.ax.tick_params(labelsize=7)
         axes[0][0].set_ylabel("latitude [°N]", fontsize=8)
         members = posterior.sizes["member"]
-        sites = len({(round(float(a), 3), round(float(b), 3)) for x, y in located for a, b in zip(x, y, strict=True)})
-        markers = f"; o: {sites:,} observing sites of {variable}" if located else ""
+        markers = f"; o: {sum(x.size for x, _ in located):,} observing sites of {variable}" if located else ""
         fig.suptitle(f"{_label(channel, units)} at {str(t_sel)[:16]} UTC, {members} members{markers}", fontsize=10)
         path = out / f"map_{channel.replace('@', '')}.png"
         fig.savefig(path, dpi=dpi)
