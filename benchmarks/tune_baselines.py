@@ -60,6 +60,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--oi-date", default="2000-12-05", help="start (00 UTC) of the OI tuning window")
     p.add_argument("--rank", nargs="+", type=int, default=[32, 64, 128])
     p.add_argument("--samples", nargs="+", type=int, default=[256, 1024])
+    p.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="choose among the grid's settings already in the cache (runs made by earlier, partial invocations)",
+    )
     return p.parse_args(argv)
 
 
@@ -77,6 +82,8 @@ def tune_enkf(a: argparse.Namespace) -> dict[str, Any]:
         name = f"i{infl:g}-s{rtps:g}-r{radius:g}-p{a.rtpp:g}"
         out = a.cache / "enkf" / name
         summary = out / "summary.json"
+        if not summary.exists() and a.cached_only:
+            continue
         if not summary.exists():
             cmd = [
                 ENKF_CLI, "--truth", a.train, "--climate", a.train, "--bank", str(a.cache / "enkf-bank"),
@@ -129,6 +136,8 @@ def tune_oi(a: argparse.Namespace) -> dict[str, Any]:
             continue
         name = f"r{rank}-n{n}"
         docs = a.cache / "oi-docs" / name
+        if not (docs / "results.json").exists() and a.cached_only:
+            continue
         if not (docs / "results.json").exists():
             cmd = [
                 sys.executable, str(ROOT / "benchmarks" / "twin.py"), "--truth", a.train, "--train", a.train,
@@ -176,7 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.only in (None, "oi"):
         out["oi"] = tune_oi(a)
         log(f"OI: chosen {out['oi']['chosen']}")
-    out["command"] = "python benchmarks/tune_baselines.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    args = argv if argv is not None else sys.argv[1:]
+    # no machine paths in the committed file: absolute paths are written relative to the repository
+    out["command"] = "python benchmarks/tune_baselines.py " + " ".join(
+        os.path.relpath(x, ROOT) if os.path.isabs(x) else x for x in args
+    )
     tmp = TUNED.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(out, indent=1) + "\n")
     tmp.replace(TUNED)
