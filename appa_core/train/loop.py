@@ -31,6 +31,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from appa_core.distributed import DistInfo, init_distributed
 from appa_core.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from appa_core.train.config import TrainConfig
 from appa_core.train.data import sample_stream
@@ -39,33 +40,6 @@ __all__ = ["DistInfo", "init_distributed", "run_training"]
 
 LossFn = Callable[[nn.Module, np.ndarray, int], Tensor]
 ValFn = Callable[[nn.Module], float]
-
-
-class DistInfo:
-    """Rank, world size and device of this process."""
-
-    def __init__(self) -> None:
-        self.enabled = dist.is_available() and dist.is_initialized()
-        self.rank = dist.get_rank() if self.enabled else 0
-        self.world = dist.get_world_size() if self.enabled else 1
-        local = int(os.environ.get("LOCAL_RANK", self.rank))
-        if torch.cuda.is_available():
-            self.device = torch.device("cuda", local % torch.cuda.device_count())
-            torch.cuda.set_device(self.device)
-        else:
-            self.device = torch.device("cpu")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed() -> DistInfo:
-    """Initialise ``torch.distributed`` from the torchrun environment when ``WORLD_SIZE > 1``."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
-    return DistInfo()
 
 
 def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
