@@ -111,7 +111,8 @@ def _predicted_variance(
     product: Callable[[Tensor], Tensor], like: Tensor, mask: Tensor | None, probes: int | None
 ) -> Tensor:
     r"""Hutchinson estimate :math:`\mathrm{diag}(B) \approx \frac1K \sum_k v_k \odot B v_k` (Rademacher
-    :math:`v_k`, fixed seed), clamped at 0, for ``B = product`` acting on ``[..., M]``; ``probes=None``: the exact
+    :math:`v_k`, fixed seed, the same for every system of the batch so that a member's estimate does not depend on the
+    batch it is sampled in), clamped at 0, for ``B = product`` acting on ``[..., M]``; ``probes=None``: the exact
     diagonal from the ``M`` unit vectors."""
     if probes is None or like.shape[-1] <= probes:  # exact: no more products than the probes would cost
         diag = torch.zeros_like(like)
@@ -123,7 +124,7 @@ def _predicted_variance(
     gen = torch.Generator(device="cpu").manual_seed(0)
     acc = torch.zeros_like(like)
     for _ in range(max(1, probes)):
-        v = torch.randint(0, 2, like.shape, generator=gen).to(like) * 2 - 1
+        v = (torch.randint(0, 2, like.shape[-1:], generator=gen).to(like) * 2 - 1).expand_as(like).contiguous()
         if mask is not None:
             v = torch.where(mask, v, torch.zeros_like(v))
         acc = acc + v * product(v)

@@ -44,6 +44,7 @@ import xarray as xr
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from appa_core import distributed as _dist
 from appa_core.diffusion.blanket import Blanket
 from appa_core.diffusion.denoiser import DiffusionPrior
 from appa_core.diffusion.samplers import init_noise, make_sampler, sigma_grid
@@ -51,9 +52,10 @@ from appa_core.guidance import (
     DPS,
     MMPS,
     GuidanceError,
+    GuidanceReport,
     KnownStates,
     PosteriorDenoiser,
-    failure_summary,
+    _failure_message,
     observation_time_ranges,
     solve_summary,
 )
@@ -61,7 +63,15 @@ from appa_core.obs.base import ObsOperator
 from appa_core.obs.obsset import ObsSet
 from appa_core.obs.qc import FLAG_MEANINGS, QC, QCError, QCResult, background_flags, bounds_flags
 
-__all__ = ["PosteriorSample", "Sampler", "save_zarr", "split_diagnostics", "window_states"]
+__all__ = [
+    "PosteriorSample",
+    "Sampler",
+    "ensemble_mean",
+    "member_batches",
+    "save_zarr",
+    "split_diagnostics",
+    "window_states",
+]
 
 
 @attrs.frozen
@@ -77,6 +87,9 @@ class PosteriorSample:
         calls: denoiser evaluations per member (all windows and chunks of one member count once per call).
         solve: the MMPS solves' iterations and residuals (:func:`~appa_core.guidance.solve_summary`), or ``None``.
         qc: quality-control flags and departures (:class:`~appa_core.obs.qc.QCResult`), or ``None``.
+        members: ensemble size over all processes (``x`` holds this process's ``x.shape[0]`` of them).
+        member_offset: index of this process's first member in the ensemble (0 in a single process).
+        batches: sizes of the batches in which this process sampled its members (:attr:`Sampler.batch`).
     """
 
     x: Tensor
@@ -90,6 +103,9 @@ class PosteriorSample:
     calls: int = 0
     solve: dict[str, object] | None = None
     qc: QCResult | None = None
+    members: int = 0
+    member_offset: int = 0
+    batches: tuple[int, ...] = ()
 
 
 def _as_obsset(obs: ObsSet | ObsOperator | Sequence[ObsOperator] | None) -> ObsSet | None:
@@ -136,6 +152,21 @@ class Sampler:
             residuals (:class:`~appa_core.guidance.MMPS`; ``None``: exact diagonal; Gaussian models use none).
         qc: observation quality control before sampling (:class:`~appa_core.obs.qc.QC`: plausibility bounds and a
             background check against a small prior ensemble; on by default), or ``None`` to use every observation.
+        batch: members sampled together, in one batch through the denoiser and the solves (``None``, the default:
+            all members of a process at once). A batched product's rounding can depend on the batch size, so a
+            member's numbers are bitwise reproducible for a given ``batch`` (and any number of processes), and
+            equal up to rounding otherwise. Smaller batches also bound memory.
+        distributed: shard the members over the processes of the ``torch.distributed`` process group (``None``,
+            the default: when one with more than one process is initialised, e.g. under ``torchrun``; see
+            :mod:`appa_core.distributed`). Each process samples a contiguous block of members and
+            :meth:`posterior` returns that block (``member`` coordinates are the global indices) with the
+            diagnostics of the whole ensemble; :func:`save_zarr` called on every process writes one store.
+
+    **Random streams.** Member ``i`` draws its initial noise and stochastic terms from its own generator seeded
+    by ``(seed, i)`` (:func:`~appa_core.distributed.member_seed`), never from the rank or the number of
+    processes, and the quality control runs on rank 0 only. The members are split into batches of ``batch``
+    (:func:`member_batches`) and the processes take contiguous runs of batches: with the same ``seed`` and
+    ``batch``, ``W`` processes write the store one process writes, bit for bit.
     """
 
     prior: DiffusionPrior
@@ -162,6 +193,8 @@ class Sampler:
     device: str | torch.device = "cpu"
     progress: bool = True
     qc: QC | None = attrs.field(factory=QC)
+    batch: int | None = None
+    distributed: bool | None = None
 
     def __attrs_post_init__(self) -> None:
         make_sampler(self.sampler)  # validates the name
@@ -177,6 +210,8 @@ class Sampler:
             raise ValueError(
                 "Sampler: fields 'cg_iters' and 'cg_tol' are both None; give a tolerance or an iteration count"
             )
+        if self.batch is not None and (isinstance(self.batch, bool) or int(self.batch) < 1):
+            raise ValueError(f"Sampler: field 'batch' has value {self.batch!r}; must be >= 1 or None (all members)")
         if self.cg_iters is not None and self.cg_iters < 1:
             raise ValueError(f"Sampler: field 'cg_iters' has value {self.cg_iters}; must be >= 1 or None (adaptive)")
 
@@ -184,6 +219,19 @@ class Sampler:
     @property
     def _dtype(self) -> torch.dtype:
         return self.dtype or getattr(self.prior, "dtype", torch.float32)
+
+    def _ranks(self) -> tuple[int, int]:
+        """``(rank, world size)`` that the members are sharded over (``(0, 1)`` when not distributed)."""
+        if self.distributed is False or not _dist.is_distributed():
+            if self.distributed and not _dist.is_distributed():
+                raise ValueError(
+                    "Sampler: field 'distributed' is True but no torch.distributed process group with more than one "
+                    "process is initialised (launch with torchrun and call appa_core.distributed.init_distributed())"
+                )
+            return 0, 1
+        import torch.distributed as dist
+
+        return dist.get_rank(), dist.get_world_size()
 
     def _guide(self) -> MMPS | DPS | None:
         if self.guidance == "mmps":
@@ -251,7 +299,7 @@ class Sampler:
         known: KnownStates | None,
         row_range: tuple[np.ndarray, np.ndarray] | None,
         row_allowed: np.ndarray | None,
-        generator: torch.Generator,
+        generator: list[torch.Generator],
         desc: str,
     ) -> tuple[Tensor, PosteriorDenoiser]:
         rest = self.prior.event_shape(size)[1:]
@@ -311,11 +359,19 @@ class Sampler:
         if prior.event_shape(1)[0] != 1:
             raise ValueError("Sampler: the prior's diffusion variable must have time as its first event axis")
         obsset = _as_obsset(obs)
-        generator = torch.Generator(device="cpu")
-        if seed is None:
-            generator.seed()
-        else:
-            generator.manual_seed(int(seed))
+        rank, world = self._ranks()
+        batches = member_batches(members, self.batch)
+        if world > len(batches):
+            raise ValueError(
+                f"Sampler.posterior: {len(batches)} batches of members (members={members}, batch={self.batch}) "
+                f"cannot be shared by {world} processes; sample at least one batch per process"
+            )
+        if seed is None:  # one random base seed for the whole ensemble, drawn by rank 0
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+            if world > 1:
+                seed = _dist.broadcast_object(seed)
+        my_batches = batches[_dist.shard(len(batches), rank, world)]
+        mine = slice(my_batches[0].start, my_batches[-1].stop)
         row_range = None
         if obsset is not None:
             _check_output_names(obsset)
@@ -324,21 +380,107 @@ class Sampler:
                 row_range = observation_time_ranges(
                     obsset, prior, frame_len, generator=torch.Generator().manual_seed(0)
                 )
-        known = None
-        if ctx is not None:
-            zc = self._chunks(prior.encode, ctx.to(self.device), k).detach()
-            known = KnownStates(np.arange(n_ctx), zc, self.context_std)
-
         qc_result = None
         if obsset is not None and self.qc is not None and self.guidance != "none":
-            qc_result = self._quality_control(obsset, t0, length, seed, ctx)
+            # on rank 0 only (the same prior ensemble whatever the number of processes), flags broadcast
+            outcome: QCResult | BaseException | None = None
+            if rank == 0:
+                try:
+                    outcome = self._quality_control(obsset, t0, length, seed, ctx)
+                except Exception as exc:  # raised on every process below
+                    outcome = exc
+            if world > 1:
+                outcome = _dist.broadcast_object(outcome)
+            if isinstance(outcome, BaseException):
+                raise outcome
+            qc_result = outcome
         qc_ok = None if qc_result is None else qc_result.passed
 
-        unconverged = 0
-        reports: list = []
-        calls = 0
+        per_member_ctx = ctx is not None and ctx.shape[0] == members and members > 1
+        if per_member_ctx:
+            ctx = ctx[mine]  # type: ignore[index]  # this process's members
         # the progress bar says what is sampled: an unguided (prior) ensemble is not labelled "posterior"
         label = "posterior" if obsset is not None and self.guidance != "none" else "prior"
+        failure: BaseException | None = None
+        zs: list[Tensor] = []
+        xs: list[Tensor] = []
+        batch_reports: list[list[GuidanceReport]] = []
+        calls = 0
+        try:
+            # every batch is sampled, encoded and decoded on its own: a member's numbers depend on its batch only
+            for b in my_batches:
+                known = None
+                if ctx is not None:
+                    cb = ctx[b.start - mine.start : b.stop - mine.start] if per_member_ctx else ctx
+                    zc = self._chunks(prior.encode, cb.to(self.device), k).detach()
+                    known = KnownStates(np.arange(n_ctx), zc, self.context_std)
+                where = label if len(batches) == 1 else f"{label} (members {b.start}-{b.stop - 1})"
+                z, reports, _, calls = self._sample_members(
+                    frame_times, frame_len, k, n_ctx, b.stop - b.start, obsset, known, row_range, qc_ok,
+                    _dist.member_generators(int(seed), range(b.start, b.stop)), where,
+                )  # fmt: skip
+                zs.append(z)
+                xs.append(self._chunks(prior.decode, z, k).detach())
+                batch_reports.append(reports)
+        except Exception as exc:  # every process learns that one failed (no process waits in a collective)
+            failure = exc
+        if world > 1:
+            _dist.agree(failure, "Sampler.posterior")
+        elif failure is not None:
+            raise failure
+        if world > 1:
+            batch_reports = [r for per_rank in _dist.gather_objects(batch_reports) for r in per_rank]
+        reports, unconverged = self._merge_reports(batch_reports)
+        if rank == 0:
+            self._warn(reports)
+        z, x = torch.cat(zs), torch.cat(xs)
+        return PosteriorSample(
+            x[:, n_ctx:], z[:, n_ctx:], times, obsset, frame_times, n_ctx, unconverged, ctx, calls,
+            solve_summary(reports), qc_result, members, mine.start, tuple(b.stop - b.start for b in my_batches),
+        )  # fmt: skip
+
+    def _merge_reports(self, per_batch: list[list[GuidanceReport]]) -> tuple[list[GuidanceReport], int]:
+        """The reports of the whole ensemble from those of its batches: call by call, converged where every batch
+        converged, the most iterations and the worst residuals (as one batched solve: it iterates until its last
+        system converges and reports its worst residual). Returns ``(reports, unconverged calls)``."""
+        merged = []
+        for calls in zip(*per_batch, strict=True):
+            per_op: dict[str, float] = {}
+            for r in calls:
+                for key, v in r.operator_residuals.items():
+                    per_op[key] = max(per_op.get(key, float("-inf")), v)
+            residuals = [r.residual for r in calls]
+            worst = max(residuals) if all(np.isfinite(residuals)) else float("nan")
+            merged.append(
+                GuidanceReport(
+                    all(r.converged for r in calls), max(r.iterations for r in calls), worst, per_op, calls[0].where
+                )
+            )
+        unconverged = 0 if self.on_failure == "ignore" else sum(not r.converged for r in merged)
+        return merged, unconverged
+
+    def _sample_members(
+        self,
+        frame_times: np.ndarray,
+        frame_len: int,
+        k: int,
+        n_ctx: int,
+        members: int,
+        obsset: ObsSet | None,
+        known: KnownStates | None,
+        row_range: tuple[np.ndarray, np.ndarray] | None,
+        qc_ok: np.ndarray | None,
+        generator: list[torch.Generator],
+        label: str,
+    ) -> tuple[Tensor, list[GuidanceReport], int, int]:
+        """Sample ``members`` trajectories in diffusion space (blankets or autoregressive chunks).
+
+        Returns:
+            ``(z [members, frame_len, ...], reports, unconverged calls, denoiser calls per member)``.
+        """
+        unconverged = 0
+        reports: list[GuidanceReport] = []
+        calls = 0
         if self.strategy == "blanket" or frame_len <= k:
             overlap = k // 2 if self.overlap is None else int(self.overlap)
             bl = Blanket(frame_len, k, min(overlap, k - 1))
@@ -351,7 +493,6 @@ class Sampler:
             unconverged += len(den.failures)
             reports += den.reports
             calls += den.calls
-            self._warn(den)
         else:
             carry = k // 2 if self.ar_context is None else int(self.ar_context)
             if not 1 <= carry < k:
@@ -391,15 +532,10 @@ class Sampler:
                 unconverged += len(den.failures)
                 reports += den.reports
                 calls += den.calls
-                self._warn(den)
                 parts.append(zc[:, prev_end - a :])
                 prev, prev_end = zc, end
             z = torch.cat(parts, dim=1)
-        x = self._chunks(prior.decode, z, k).detach()
-        return PosteriorSample(
-            x[:, n_ctx:], z[:, n_ctx:], times, obsset, frame_times, n_ctx, unconverged, ctx, calls,
-            solve_summary(reports), qc_result,
-        )  # fmt: skip
+        return z, reports, unconverged, calls
 
     def _quality_control(
         self,
@@ -423,7 +559,7 @@ class Sampler:
         if qc.background:
             bg_context = None if ctx is None else ctx[torch.arange(qc.members) % ctx.shape[0]]  # per-member contexts
             background = attrs.evolve(
-                self, steps=qc.steps, sampler="lms", guidance="none", qc=None, progress=False
+                self, steps=qc.steps, sampler="lms", guidance="none", qc=None, progress=False, distributed=False
             ).sample(None, start, length, qc.members, None if seed is None else int(seed) + 1_000_003, bg_context)
             with torch.no_grad():
                 pred = obs(_frame_states(background).to(torch.float64))
@@ -444,9 +580,11 @@ class Sampler:
             )
         return result
 
-    def _warn(self, den: PosteriorDenoiser) -> None:
-        msg = failure_summary(den)
-        if msg is not None and self.on_failure == "warn":
+    def _warn(self, reports: list[GuidanceReport]) -> None:
+        """One summary warning of the unconverged solves of the whole ensemble (``on_failure="warn"``)."""
+        failures = [r for r in reports if not r.converged]
+        if failures and self.on_failure == "warn":
+            msg = _failure_message(failures, len(reports), self._guide())
             warnings.warn(msg, RuntimeWarning, stacklevel=3)
 
     def posterior(
@@ -488,12 +626,14 @@ class Sampler:
 
         res = self.sample(obs, start, length, members, seed, context, hours=hours, duration=duration)
         ds = tensor_to_dataset(res.x, self.prior.spec, self.prior.grid, res.times, member_dim="member")
+        n_mine = int(res.x.shape[0])
+        ds = ds.assign_coords(member=np.arange(res.member_offset, res.member_offset + n_mine, dtype=np.int64))
         names: list[str] = []
         if res.obs is not None:
             with torch.no_grad():
                 xf = _frame_states(res).to(torch.float64)
-                pred = res.obs(xf)
-                pmean = res.obs(xf.mean(0, keepdim=True))[0]
+                pred = torch.cat([res.obs(part) for part in torch.split(xf, list(res.batches or [n_mine]))])
+                pmean = res.obs(ensemble_mean(xf, res.members or n_mine, res.members > n_mine)[None])[0]
             y = res.obs.values
             std = res.obs.noise.variance().sqrt()
             for name, sl in res.obs.slices.items():
@@ -520,15 +660,62 @@ class Sampler:
             {
                 "steps": self.steps, "sampler": self.sampler, "guidance": self.guidance, "solver": self.solver,
                 "cg_iters": self.cg_iters, "cg_tol": self.cg_tol, "strategy": self.strategy,
-                "unconverged_solves": res.unconverged, "members": int(res.x.shape[0]),
+                "unconverged_solves": res.unconverged, "members": int(res.members or n_mine),
                 "denoiser_calls": res.calls,
             }
         )  # fmt: skip
+        if res.members and n_mine != res.members:  # one block of a distributed ensemble: save_zarr writes its region
+            ds.attrs[SHARD_ATTR] = json.dumps(
+                {"members": res.members, "start": res.member_offset, "stop": res.member_offset + n_mine}
+            )
         if res.solve is not None:
             ds.attrs["appa_solve"] = json.dumps(res.solve)
         if res.qc is not None:
             ds.attrs["appa_qc"] = json.dumps(res.qc.counts())
         return ds
+
+
+def member_batches(members: int, batch: int | None) -> list[slice]:
+    """The batches ``[0, b), [b, 2b), ...`` of an ensemble of ``members`` (one batch of all when ``batch`` is
+    ``None``): the unit of work that processes share and that fixes a member's rounding."""
+    size = members if batch is None else max(1, int(batch))
+    return [slice(a, min(a + size, members)) for a in range(0, members, size)]
+
+
+#: Attribute of a :meth:`Sampler.posterior` result that holds one process's block of a distributed ensemble
+#: (``{"members", "start", "stop"}``); :func:`save_zarr` then writes that region of one store with the other processes.
+SHARD_ATTR = "appa_shard"
+
+
+def ensemble_mean(x: Tensor, members: int, distributed: bool | None = None) -> Tensor:
+    """The mean over the leading (member) axis of an ensemble of ``members`` states, of which ``x`` holds this
+    process's contiguous block, on every process (``distributed``: the blocks are spread over the processes of the
+    ``torch.distributed`` group, in rank order; ``None``: when one with more than one process is initialised).
+
+    The members are summed one after the other in member order (the running sum passes from rank to rank under
+    ``torch.distributed``), then divided by ``members``: the same floating-point operations whatever the number of
+    processes, so the mean is bitwise the one a single process computes.
+    """
+    acc: Tensor | None = None
+    distributed = _dist.is_distributed() if distributed is None else distributed
+    if distributed:
+        import torch.distributed as dist
+
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if rank > 0:
+            acc = torch.empty_like(x[0])
+            dist.recv(acc, src=rank - 1)
+    for i in range(x.shape[0]):
+        acc = x[i].clone() if acc is None else acc + x[i]
+    assert acc is not None
+    if distributed:
+        if rank < world - 1:
+            dist.send(acc, dst=rank + 1)
+        else:
+            acc = acc / members
+        dist.broadcast(acc, src=world - 1)
+        return acc
+    return acc / members
 
 
 def _frame_states(res: PosteriorSample) -> Tensor:
@@ -724,6 +911,49 @@ def _written_by_us(path: Path) -> bool:
     return False
 
 
+def _check_target(path: Path) -> None:
+    """:func:`save_zarr`'s ownership rule: refuse a file, or a directory that is not a store it wrote."""
+    if path.is_file() or path.is_symlink():
+        raise FileExistsError(f"save_zarr: {str(path)!r} exists and is not a directory; refusing to replace it")
+    if path.exists() and not _written_by_us(path):
+        raise FileExistsError(
+            f"save_zarr: {str(path)!r} exists and is not a store written by appa (no 'appa_written_by' attribute); "
+            "refusing to replace it: remove it yourself or choose another path"
+        )
+
+
+def _prepare_target(path: Path) -> Path:
+    """Check ``path``, clear the stale temporaries of killed writes, and make a temporary sibling directory."""
+    _check_target(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in _stale_temporaries(path):
+        if stale.name.startswith(f".{path.name}.appa-old-") and not path.exists():
+            os.replace(stale, path)  # killed between moving the old store aside and moving the new one in
+            continue
+        shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.appa-tmp-{os.getpid()}-", dir=path.parent))
+
+
+def _move_into_place(store: Path, path: Path) -> None:
+    """Rename the finished ``store`` to ``path``, moving a store that was there aside first and removing it after."""
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.appa-old-{os.getpid()}")
+        os.replace(path, old)
+    os.replace(store, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _member_encoding(ds: xr.Dataset) -> dict[str, dict[str, tuple[int, ...]]]:
+    """One zarr chunk per member for every variable with a ``member`` dim (processes write disjoint chunks)."""
+    return {
+        str(name): {"chunks": tuple(1 if d == "member" else n for d, n in zip(v.dims, v.shape, strict=True))}
+        for name, v in ds.variables.items()
+        if "member" in v.dims and name != "member"
+    }
+
+
 def save_zarr(ds: xr.Dataset, path: str | os.PathLike[str]) -> Path:
     """Write ``ds`` to a zarr store atomically: into a temporary sibling directory, then renamed into place.
 
@@ -733,36 +963,100 @@ def save_zarr(ds: xr.Dataset, path: str | os.PathLike[str]) -> Path:
     that were killed are removed first, and an old store that such a write had moved aside (``.<name>.appa-old-<pid>``)
     is moved back if nothing took its place; so after a kill the old or the new store is at ``path`` again by the
     next call. Stale temporaries are recognised by their writer's process id on this host: do not share an output
-    folder between hosts.
+    folder between hosts that write it concurrently.
+
+    Variables with a ``member`` dim are stored one chunk per member. **Distributed ensembles:** a block of members
+    that :meth:`Sampler.posterior` returned on one process of a ``torch.distributed`` group (attribute
+    ``appa_shard``) is written collectively: every process calls ``save_zarr`` with its block and the same
+    ``path``; rank 0 checks the target and writes the store's metadata and member-independent variables into the
+    temporary sibling, every process then writes its members' region in parallel, and after a final barrier rank 0
+    renames the whole store into place. The store is the one a single process writes from the whole ensemble. With
+    several nodes, ``path`` must be on a file system that all of them see.
     """
     path = Path(path)
-    if path.is_file() or path.is_symlink():
-        raise FileExistsError(f"save_zarr: {str(path)!r} exists and is not a directory; refusing to replace it")
-    if path.exists() and not _written_by_us(path):
-        raise FileExistsError(
-            f"save_zarr: {str(path)!r} exists and is not a store written by appa (no 'appa_written_by' attribute); "
-            "refusing to replace it: remove it yourself or choose another path"
-        )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in _stale_temporaries(path):
-        if stale.name.startswith(f".{path.name}.appa-old-") and not path.exists():
-            os.replace(stale, path)  # killed between moving the old store aside and moving the new one in
-            continue
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.appa-tmp-{os.getpid()}-", dir=path.parent))
+    if SHARD_ATTR in ds.attrs:
+        return _save_zarr_distributed(ds, path)
+    _check_target(path)
+    tmp = _prepare_target(path)
     try:
         out = ds.copy()
         out.attrs["appa_written_by"] = WRITTEN_BY
         # zarr format 2 with consolidated metadata: the WeatherBench2 layout, readable by every zarr version
         # every chunk written, even one holding only the fill value: a missing chunk then always means damage
-        out.to_zarr(tmp / "store.zarr", mode="w", zarr_format=2, consolidated=True, write_empty_chunks=True)
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.appa-old-{os.getpid()}")
-            os.replace(path, old)
-        os.replace(tmp / "store.zarr", path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        out.to_zarr(
+            tmp / "store.zarr", mode="w", zarr_format=2, consolidated=True, write_empty_chunks=True,
+            encoding=_member_encoding(out),
+        )  # fmt: skip
+        _move_into_place(tmp / "store.zarr", path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _save_zarr_distributed(ds: xr.Dataset, path: Path) -> Path:
+    """The collective write of :func:`save_zarr` (see there); every process of the group calls it."""
+    import dask.array as da
+
+    shard = json.loads(ds.attrs[SHARD_ATTR])
+    total, start, stop = int(shard["members"]), int(shard["start"]), int(shard["stop"])
+    if not _dist.is_distributed():
+        raise ValueError(
+            f"save_zarr: the dataset is members {start}-{stop - 1} of a distributed ensemble of {total} (attribute "
+            f"{SHARD_ATTR!r}) but no torch.distributed process group is initialised; call save_zarr on every process"
+        )
+    if not np.array_equal(np.asarray(ds["member"].values), np.arange(start, stop)):
+        raise ValueError(f"save_zarr: the dataset's member coordinate is not members {start}-{stop - 1}")
+    import torch.distributed as dist
+
+    rank = dist.get_rank()
+    out = ds.copy()
+    del out.attrs[SHARD_ATTR]
+    out.attrs["appa_written_by"] = WRITTEN_BY
+    encoding = _member_encoding(out)
+    tmp: Path | None = None
+    error: BaseException | None = None
+    if rank == 0:
+        try:
+            tmp = _prepare_target(path)
+            # the whole store's metadata and the member-independent variables; member variables are lazy (nothing
+            # of them is written here) with the full ensemble's shape
+            template = out.drop_vars([n for n, v in out.data_vars.items() if "member" in v.dims])
+            template = template.drop_vars("member").assign_coords(member=np.arange(total, dtype=np.int64))
+            for name, v in out.data_vars.items():
+                if "member" in v.dims:
+                    shape = (total, *v.shape[1:]) if v.dims[0] == "member" else None
+                    if shape is None:
+                        raise ValueError(f"save_zarr: variable {name!r} must have member as its first dim")
+                    template[name] = xr.Variable(
+                        v.dims, da.empty(shape, dtype=v.dtype, chunks=encoding[str(name)]["chunks"]), v.attrs
+                    )
+            template.to_zarr(
+                tmp / "store.zarr", mode="w", zarr_format=2, consolidated=True, write_empty_chunks=True,
+                encoding=encoding, compute=False,
+            )  # fmt: skip
+        except Exception as exc:
+            error = exc
+    try:
+        _dist.agree(error, "save_zarr")
+        store = Path(_dist.broadcast_object(None if tmp is None else str(tmp))) / "store.zarr"
+        try:
+            region = out[[n for n, v in out.data_vars.items() if "member" in v.dims]]
+            region = region.drop_vars(list(region.coords))  # written by rank 0 (one chunk for all members)
+            region.attrs = {}
+            region.to_zarr(
+                store, region={"member": slice(start, stop)}, zarr_format=2, consolidated=False,
+                write_empty_chunks=True,
+            )  # fmt: skip
+        except Exception as exc:
+            error = exc
+        _dist.agree(error, "save_zarr")  # every region written
+        if rank == 0:
+            try:
+                _move_into_place(store, path)
+            except Exception as exc:
+                error = exc
+        _dist.agree(error, "save_zarr")
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     return path

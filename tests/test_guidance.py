@@ -9,6 +9,7 @@ import torch
 from _guided_helpers import DT, T0, MaskedMean, PointPick, WindSpeed, ar1_prior, make_spec, window_times
 
 from appa_core.diffusion.samplers import init_noise, make_sampler, sigma_grid
+from appa_core.distributed import member_generators
 from appa_core.gaussian import GaussianPrior, LowRankDiag
 from appa_core.grid import Grid
 from appa_core.guidance import MMPS, GuidanceError, guided_denoiser
@@ -108,7 +109,7 @@ def test_guided_sampler_follows_the_exact_posterior_path() -> None:
     for name in ("pc", "ddim", "lms"):
         smp = Sampler(prior, steps=6, sampler=name, eta=1.0, solver="cg", cg_iters=200, cg_tol=1e-12, progress=False)
         res = smp.sample(obs=list(obs), start=T0, length=prior.window, members=3, seed=7)
-        g = torch.Generator().manual_seed(7)
+        g = member_generators(7, range(3))  # one stream per member, seeded by (seed, member)
         sigmas = sigma_grid(prior.schedule, 6)
         z = init_noise((3, *prior.state_shape), float(sigmas[0]), g, F64)
         ref = make_sampler(name, eta=1.0)(lambda z, s: post.denoise(z, s), z, sigmas, g)

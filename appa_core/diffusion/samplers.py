@@ -28,7 +28,8 @@ The final state still carries noise :math:`\sigma_{min}` (1e-3 by default), as i
   \ell_j(\sigma)\,\mathrm{d}\sigma` the exact integrals of the Lagrange basis polynomials through the last
   ``order`` nodes (:func:`adams_bashforth_coefficients`, float64); the order ramps up 1, 2, 3 over the first steps.
 
-All samplers are batched (the leading axis is the ensemble member), seedable through a ``torch.Generator``, and
+All samplers are batched (the leading axis is the ensemble member), seedable through a ``torch.Generator`` or one
+generator per member (``RandomSource``: each member's draws then depend on its own generator only), and
 call ``denoiser(x_t, sigma)`` with ``sigma`` of shape ``[B]``.
 """
 
@@ -69,19 +70,32 @@ def sigma_grid(schedule: Schedule, steps: int, dtype: torch.dtype = torch.float6
     return schedule.sigma(t).to(dtype)
 
 
-def _randn(shape: Sequence[int], like: Tensor, generator: torch.Generator | None) -> Tensor:
-    dev = generator.device if generator is not None else like.device
-    return torch.randn(tuple(shape), generator=generator, dtype=like.dtype, device=dev).to(like.device)
+#: A random source: one ``torch.Generator`` for the whole batch, or one per member (leading index), whose draws then
+#: depend on that member's generator only, not on the batch it is sampled in (distributed sampling).
+RandomSource = torch.Generator | Sequence[torch.Generator] | None
+
+
+def _randn(shape: Sequence[int], like: Tensor, generator: RandomSource) -> Tensor:
+    shape = tuple(shape)
+    if generator is None or isinstance(generator, torch.Generator):
+        dev = generator.device if generator is not None else like.device
+        return torch.randn(shape, generator=generator, dtype=like.dtype, device=dev).to(like.device)
+    gens = list(generator)
+    if len(gens) != shape[0]:
+        raise ValueError(f"{len(gens)} generators for a batch of {shape[0]} members")
+    rows = [torch.randn(shape[1:], generator=g, dtype=like.dtype, device=g.device) for g in gens]
+    return torch.stack(rows).to(like.device)
 
 
 def init_noise(
     shape: Sequence[int],
     sigma_max: float,
-    generator: torch.Generator | None = None,
+    generator: RandomSource = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> Tensor:
-    r"""Initial state :math:`x \sim \mathcal{N}(0, (1 + \sigma_{max}^2) I)` of shape ``shape``."""
+    r"""Initial state :math:`x \sim \mathcal{N}(0, (1 + \sigma_{max}^2) I)` of shape ``shape`` (with a list of
+    generators, row ``i`` is drawn from generator ``i``)."""
     like = torch.empty((), dtype=dtype, device=device)
     return _randn(shape, like, generator) * float(np.sqrt(1.0 + sigma_max**2))
 
@@ -129,7 +143,7 @@ class DiffusionSampler(abc.ABC):
         denoiser: Denoiser,
         x: Tensor,
         sigmas: Tensor,
-        generator: torch.Generator | None = None,
+        generator: RandomSource = None,
         callback: Callback | None = None,
     ) -> Tensor:
         """Run the sampler.
@@ -138,7 +152,8 @@ class DiffusionSampler(abc.ABC):
             denoiser: ``d(x_t [B, *], sigma [B]) -> E[x | x_t]``.
             x: the initial state at ``sigmas[0]`` ``[B, *]``.
             sigmas: decreasing noise levels ``[N + 1]``.
-            generator: random source for the stochastic terms.
+            generator: random source for the stochastic terms: one generator, or one per member (row ``i`` of
+                every draw comes from generator ``i``).
             callback: ``callback(i, sigma_t, sigma_s)`` called at the start of step ``i``.
 
         Returns:
