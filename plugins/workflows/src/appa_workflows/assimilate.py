@@ -89,7 +89,7 @@ SAMPLER_KEYS: dict[str, str] = {
     "steps": "steps", "sampler": "sampler", "guidance": "guidance", "solver": "solver", "iters": "cg_iters",
     "tol": "cg_tol", "irls": "irls", "strategy": "strategy", "overlap": "overlap", "ar_context": "ar_context",
     "corrections": "corrections", "delta": "delta", "eta": "eta", "order": "order", "churn": "churn", "zeta": "zeta",
-    "on_failure": "on_failure", "context_std": "context_std",
+    "on_failure": "on_failure", "context_std": "context_std", "batch": "batch",
 }  # fmt: skip
 _TASK_KEYS = ("kind", "horizon", "members", "seed", "context", "device", "qc", *SAMPLER_KEYS)
 _OUTPUT_KEYS = ("dir",)
@@ -452,7 +452,7 @@ def _parse_task(table: dict[str, Any], *, has_truth: bool) -> TaskConfig:
     for key, field in SAMPLER_KEYS.items():
         if key in table:
             sampler[field] = table[key]
-    for key in ("steps", "cg_iters", "corrections", "order"):
+    for key in ("steps", "cg_iters", "corrections", "order", "batch"):
         if key in sampler:
             name = next(k for k, f in SAMPLER_KEYS.items() if f == key)
             sampler[key] = _int("task", name, sampler[key], 1)
@@ -887,6 +887,12 @@ def run(
 ) -> AssimilationResult:
     """Run the assimilation a config describes and write its outputs to ``cfg.output_dir``.
 
+    Under ``torchrun`` (``WORLD_SIZE > 1``) every process runs this function: the process group is initialised
+    from the environment (:func:`appa_core.distributed.init_distributed`), the members are sharded over the
+    processes (:attr:`appa_core.sampler.Sampler.distributed`), every process writes its members into the one
+    store, and rank 0 alone prints, scores and plots, from the whole store. The other ranks return their block of
+    members and no scores.
+
     Args:
         cfg: a parsed config (:func:`load_config` / :meth:`AssimilateConfig.from_dict`).
         progress: tqdm bar over the diffusion steps.
@@ -895,11 +901,15 @@ def run(
         plot: also write the maps of :func:`appa_workflows.plot.plot_posterior` (``map_*.png``,
             ``departures_*.png``) next to the store.
     """
+    from appa_core.distributed import init_distributed
     from appa_core.obs.obsset import ObsSet
     from appa_core.sampler import save_zarr
 
-    say = echo or (lambda _: None)
     t_start = time.perf_counter()
+    proc = init_distributed() if not check else None
+    distributed = proc is not None and proc.world > 1
+    main_rank = proc is None or proc.main
+    say = echo if echo is not None and main_rank else (lambda _: None)
     prior = _load_prior(cfg)
     dt = prior.timestep
     n_win = cfg.window.n_states(dt)
@@ -925,6 +935,7 @@ def run(
         f"appa assimilate: {kind}, {n_win} states from {_iso(start)} every {_hours(dt):g} h"
         + (f" + {n_hor} lead times" if n_hor else "")
         + f", {cfg.task.members} members, {cfg.task.sampler['steps']} steps, prior {_prior_label(cfg)}"
+        + (f", {proc.world} processes" if distributed else "")  # type: ignore[union-attr]
     )
     say(
         "  observations: "
@@ -935,8 +946,10 @@ def run(
         return AssimilationResult(None, None, None, None, n_obs, ops, time.perf_counter() - t_start)
 
     device = cfg.task.device or (cfg.prior.device if cfg.prior.kind == "diffusion" else "cpu")
+    if distributed and str(device) == "cuda":
+        device = str(proc.device)  # type: ignore[union-attr]  # one GPU per process (LOCAL_RANK)
     try:
-        sampler = Sampler(prior, **cfg.task.sampler, device=device, progress=progress)
+        sampler = Sampler(prior, **cfg.task.sampler, device=device, progress=progress and main_rank)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{_OWNER}: [task]: {exc}") from exc
     context = None if truth is None or n_ctx == 0 else truth.x[:n_ctx]
@@ -966,7 +979,11 @@ def run(
     out_dir = cfg.output_dir
     with warnings.catch_warnings():  # zarr 3 notes that consolidated metadata is not in its spec
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-        store = save_zarr(ds, out_dir / "posterior.zarr")
+        store = save_zarr(ds, out_dir / "posterior.zarr")  # every process writes its members
+    if distributed:
+        if not main_rank:
+            return AssimilationResult(ds, store, None, None, n_obs, ops, seconds)
+        ds = xr.open_zarr(store).load()[list(ds.data_vars)]  # the whole ensemble (scores, summary, maps)
     table, scores_path, truth_ds = None, None, None
     if truth is not None:
         from appa_core.metrics import score_table
@@ -1112,6 +1129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, QCError, FileExistsError) as exc:  # bad input: one clean line, no traceback
         print(f"appa assimilate: error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
+    finally:  # under torchrun: leave the process group cleanly
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     return 0
 
 
