@@ -946,11 +946,12 @@ def _move_into_place(store: Path, path: Path) -> None:
 
 
 def _member_encoding(ds: xr.Dataset) -> dict[str, dict[str, tuple[int, ...]]]:
-    """One zarr chunk per member for every variable with a ``member`` dim (processes write disjoint chunks)."""
+    """One zarr chunk per member for every in-memory variable with a ``member`` dim (processes write disjoint
+    chunks); dask-backed variables keep their own chunks."""
     return {
         str(name): {"chunks": tuple(1 if d == "member" else n for d, n in zip(v.dims, v.shape, strict=True))}
         for name, v in ds.variables.items()
-        if "member" in v.dims and name != "member"
+        if "member" in v.dims and name != "member" and v.chunks is None
     }
 
 
