@@ -187,9 +187,13 @@ def main(argv: list[str] | None = None) -> int:
         log(f"OI: chosen {out['oi']['chosen']}")
     args = argv if argv is not None else sys.argv[1:]
     # no machine paths in the committed file: absolute paths are written relative to the repository
-    out["command"] = "python benchmarks/tune_baselines.py " + " ".join(
+    command = "python benchmarks/tune_baselines.py " + " ".join(
         os.path.relpath(x, ROOT) if os.path.isabs(x) else x for x in args
     )
+    for section in ("enkf", "oi"):
+        if a.only in (None, section):
+            out[section]["command"] = command
+    out.pop("command", None)
     tmp = TUNED.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(out, indent=1) + "\n")
     tmp.replace(TUNED)
