@@ -36,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from twin import ENKF_CLI, TUNED  # noqa: E402
+from twin import ENKF_CLI, TUNED, _rel  # noqa: E402
 
 EARTH_LABELS = ("Z500", "T850", "U850", "Q700", "T2M", "MSLP", "U10", "V10")
 
@@ -186,10 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         out["oi"] = tune_oi(a)
         log(f"OI: chosen {out['oi']['chosen']}")
     args = argv if argv is not None else sys.argv[1:]
-    # no machine paths in the committed file: absolute paths are written relative to the repository
-    command = "python benchmarks/tune_baselines.py " + " ".join(
-        os.path.relpath(x, ROOT) if os.path.isabs(x) else x for x in args
-    )
+    # no machine paths in the committed file (_rel: absolute paths relative to the repository)
+    command = "python benchmarks/tune_baselines.py " + " ".join(map(_rel, args))
     for section in ("enkf", "oi"):
         if a.only in (None, section):
             out[section]["command"] = command

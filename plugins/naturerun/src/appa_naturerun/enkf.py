@@ -145,6 +145,17 @@ def _stamp(t: np.datetime64) -> str:
     return str(np.datetime64(t, "m")).replace("-", "").replace(":", "")[:13]
 
 
+def _run_driver(store: str | Path):  # -> JcmDriver
+    """A jcm driver configured as the nature run of ``store`` was (its seed; its clock starting at ``start -
+    spinup_days - 6 h``, see :mod:`appa_naturerun.run`), ready to ``load`` one of that run's checkpoints."""
+    from .gcm import JcmDriver
+    from .run import state_dir_for
+
+    cfg = json.loads((state_dir_for(store) / "run.json").read_text())
+    model_start = np.datetime64(cfg["start"], "m") - np.timedelta64(int(cfg["spinup_days"]) * 24 * 60 + 6 * 60, "m")
+    return JcmDriver(seed=int(cfg["seed"]), start_time=model_start)
+
+
 def climate_bank(store: str | Path, bank: str | Path, times: Sequence[np.datetime64]) -> dict[np.datetime64, Path]:
     """jcm checkpoints of a nature run's model state at ``times``, replayed from its saved checkpoints.
 
@@ -156,20 +167,16 @@ def climate_bank(store: str | Path, bank: str | Path, times: Sequence[np.datetim
     Returns:
         ``{time: checkpoint path}`` for every wanted time.
     """
-    from .gcm import JcmDriver
     from .run import _list_checkpoints, state_dir_for
 
     state_dir = state_dir_for(store)
-    cfg = json.loads((state_dir / "run.json").read_text())
     bank = Path(bank)
     bank.mkdir(parents=True, exist_ok=True)
     wanted = sorted({np.datetime64(t, "m") for t in times})
     have = dict(_list_checkpoints(bank))
     missing = [t for t in wanted if t not in have]
     if missing:
-        start = np.datetime64(cfg["start"], "m")
-        model_start = start - np.timedelta64(int(cfg["spinup_days"]) * 24 * 60 + 6 * 60, "m")
-        driver = JcmDriver(seed=int(cfg["seed"]), start_time=model_start)
+        driver = _run_driver(store)
         sources = sorted([*_list_truth_checkpoints(state_dir), *have.items()], key=lambda tp: tp[0])
         t_now = None
         for t in missing:
@@ -257,19 +264,15 @@ class JcmEnsemble:
             raise ValueError(f"JcmEnsemble: field 'initial' has value {initial!r}, expected perturbed or climatology")
         if initial == "climatology" and (climate_store is None or bank is None):
             raise ValueError("JcmEnsemble: initial='climatology' needs climate_store and bank")
-        from .gcm import JcmDriver
         from .run import state_dir_for
 
         state_dir = state_dir_for(truth_store)
-        cfg = json.loads((state_dir / "run.json").read_text())
-        start = np.datetime64(cfg["start"], "m")
-        model_start = start - np.timedelta64(int(cfg["spinup_days"]) * 24 * 60 + 6 * 60, "m")
         t_init = np.datetime64(t_init, "m")
         usable = [(t, p) for t, p in _list_truth_checkpoints(state_dir) if t <= t_init]
         if not usable:
             raise ValueError(f"JcmEnsemble: no truth checkpoint in {state_dir} at or before t_init {t_init}")
         t_ck, path = usable[-1]
-        self.driver = JcmDriver(seed=int(cfg["seed"]), start_time=model_start)
+        self.driver = _run_driver(truth_store)
         self.driver.load(path)
         gap_h = int((t_init - t_ck) / np.timedelta64(1, "h"))
         if gap_h % 6:
@@ -296,9 +299,7 @@ class JcmEnsemble:
             return
         dates = climatological_dates(climate_store, t_init, self.members, bank_days, exclude_days)
         paths = climate_bank(climate_store, bank, dates)
-        ccfg = json.loads((state_dir_for(climate_store) / "run.json").read_text())
-        cstart = np.datetime64(ccfg["start"], "m") - np.timedelta64(int(ccfg["spinup_days"]) * 24 * 60 + 360, "m")
-        other = JcmDriver(seed=int(ccfg["seed"]), start_time=cstart)
+        other = _run_driver(climate_store)
         self.dyn, self.phys = [], []
         for t in dates:
             other.load(paths[t])
