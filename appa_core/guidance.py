@@ -20,6 +20,11 @@ All products are matrix-free: :math:`\hat A v` by forward-mode AD (``torch.func.
 solved by CG or GMRES (:mod:`appa_core.linalg`) in float64, symmetrically scaled by the diagonal of
 :math:`\Sigma_y` (the residual is measured in units of observation-error standard deviations), with a tolerance
 and an iteration cap (adaptive by default: iterate to the tolerance; iterations and residuals are reported).
+Each solve starts from the previous call's solution :math:`u` (``warm_start``, on by default; the sampler's
+calls follow one trajectory, along which :math:`u` changes slowly): with a tolerance, the solve then stops after
+the few iterations that the change needs. On the calibration Gaussian problem (D = 1024, 200 observations, LMS 24
+steps) this reaches the final-sample error of 16 cold GMRES iterations with 3.7x fewer operator products
+(``benchmarks/guidance_cost.py``).
 Robust noise models enter through IRLS weights :math:`w = \psi(u)/u` of the residual :math:`r = y -
 \mathcal{A}(\hat z)` standardised by the **full innovation variance**, :math:`u_i = r_i / \sqrt{R_{ii} + b_{ii}}`
 with :math:`b = \mathrm{diag}(\hat A V_t \hat A^\top)` (Hutchinson estimate), so that at large noise levels the
@@ -57,6 +62,7 @@ __all__ = [
     "GuidanceReport",
     "KnownStates",
     "PosteriorDenoiser",
+    "WarmStart",
     "guided_denoiser",
     "observation_time_ranges",
     "solve_summary",
@@ -75,6 +81,23 @@ ADAPTIVE_MAXITER = 16
 
 class GuidanceError(RuntimeError):
     """The guidance failed: a non-finite residual, or (``on_failure="raise"``) an unconverged solve."""
+
+
+@attrs.define(eq=False)
+class WarmStart:
+    """The previous solve's solution :math:`u` ``[*N, M]`` (float64, unscaled), the initial guess of the next one.
+
+    One per sequence of guided calls on the same systems (a :class:`PosteriorDenoiser` keeps one per window); a
+    guess of another shape (another batch, another window) is ignored.
+    """
+
+    u: Tensor | None = None
+
+    def guess(self, like: Tensor) -> Tensor | None:
+        """The stored solution if it fits ``like`` ``[*N, M]``, else ``None``."""
+        if self.u is None or self.u.shape != like.shape:
+            return None
+        return self.u
 
 
 @attrs.frozen
@@ -150,6 +173,9 @@ class MMPS:
             prior's predicted variance of each observation at this noise level, by which robust models'
             residuals are standardised together with the observation variance (one extra product each, robust
             models only); ``None``: the exact diagonal, one product per observation (small problems, tests).
+        warm_start: start each solve from the previous call's solution (passed as ``warm`` to :meth:`guide`; one
+            extra product for the initial residual, repaid many times with a tolerance). With ``tol=None`` (fixed
+            iterations) it changes the result, not the cost.
     """
 
     solver: str = "gmres"
@@ -157,6 +183,7 @@ class MMPS:
     tol: float | None = 1e-2
     irls: bool = True
     probes: int | None = 8
+    warm_start: bool = True
 
     def __attrs_post_init__(self) -> None:
         if self.solver not in ("cg", "gmres"):
@@ -179,6 +206,7 @@ class MMPS:
         names: dict[str, slice] | None = None,
         where: str = "MMPS",
         unit_rows: Tensor | None = None,
+        warm: WarmStart | None = None,
     ) -> tuple[Tensor, GuidanceReport]:
         r"""One guided denoiser evaluation.
 
@@ -196,6 +224,7 @@ class MMPS:
             unit_rows: optional bool ``[M]``: rows observing the diffusion variable directly (known states); their
                 scaling adds the unit-variance prior term :math:`\sigma^2/(1+\sigma^2)`, which keeps the system
                 well conditioned when their noise is tiny.
+            warm: the previous solution of these systems, updated in place (used when ``warm_start``).
 
         Returns:
             ``(E[z | z_t, y], report)``, the guided estimate detached.
@@ -244,9 +273,13 @@ class MMPS:
 
         b = r * dis
         cap = min(ADAPTIVE_MAXITER, b.shape[-1]) if self.maxiter is None else self.maxiter
-        u_s, info = solve(self.solver, operator, b, tol=self.tol, maxiter=cap)
+        guess = warm.guess(b) if (warm is not None and self.warm_start) else None
+        x0 = None if guess is None else guess / dis
+        u_s, info = solve(self.solver, operator, b, x0, tol=self.tol, maxiter=cap, scale_x0=True)
         u = u_s * dis
         _check_finite(u, names, "the MMPS solve's solution", where)
+        if warm is not None and self.warm_start:
+            warm.u = u.detach()
         g = torch.autograd.grad(y_hat, z_t, u.to(dt))[0]
         out = z_hat.detach() + s2 * g
         _check_finite(out.reshape(-1, 1), {"guided state": slice(0, 1)}, "the guided denoiser output", where)
@@ -283,8 +316,9 @@ class DPS:
         names: dict[str, slice] | None = None,
         where: str = "DPS",
         unit_rows: Tensor | None = None,
+        warm: WarmStart | None = None,
     ) -> tuple[Tensor, GuidanceReport]:
-        """As :meth:`MMPS.guide`, with a single VJP and no solve."""
+        """As :meth:`MMPS.guide`, with a single VJP and no solve (``unit_rows`` and ``warm`` are not used)."""
         names = _names_or_default(names, y_hat.shape[-1])
         r = y.to(y_hat.dtype) - y_hat
         if mask is not None:
@@ -320,15 +354,20 @@ def guided_denoiser(
         denoise: ``denoise(z_t, sigma) -> E[z | z_t]`` (differentiable).
         observe: ``observe(z) -> [B, M]`` (e.g. ``lambda z: obsset(prior.decode(z))``).
         y: ``[M]`` or ``[B, M]``; noise: size ``M``; guidance: default ``MMPS()``.
+
+    The returned function is meant for one sampling trajectory: with ``MMPS(warm_start=True)`` each call's solve
+    starts from the previous call's solution (use a new function per trajectory, or ``warm_start=False`` for
+    independent calls).
     """
     guidance = guidance or MMPS()
+    warm = WarmStart()
 
     def d(z_t: Tensor, sigma: Tensor) -> Tensor:
         with torch.enable_grad():
             leaf = z_t.detach().requires_grad_(True)
             z_hat = denoise(leaf, sigma)
             y_hat = observe(z_hat)
-            out, _ = guidance.guide(leaf, z_hat, y_hat, observe, y, noise, sigma, names=names)
+            out, _ = guidance.guide(leaf, z_hat, y_hat, observe, y, noise, sigma, names=names, warm=warm)
         return out
 
     return d
@@ -493,6 +532,7 @@ class PosteriorDenoiser:
                 models.append(DiagonalGaussian(known.std).expand(m_k))
             self.noise: NoiseModel = models[0] if len(models) == 1 else BlockDiagonal(models)
         self._fill: Tensor | None = None
+        self._warm = [WarmStart() for _ in range(len(self.starts) + 1)]  # per window (windowed), then all at once
         self._unit_rows = None
         if known is not None:
             self._unit_rows = torch.cat([torch.zeros(m_obs), torch.ones(m_k)]).to(torch.float64)
@@ -586,7 +626,18 @@ class PosteriorDenoiser:
                 mask = self.mask[:, None, :].to(y_hat.device).expand(nw, b, -1)
                 sig_wb = sigma.reshape(1, b).expand(nw, b)
                 out, report = self.guidance.guide(
-                    zw, zh, y_hat, self._observe, y, self.noise, sig_wb, mask, self.names, where, self._unit_rows
+                    zw,
+                    zh,
+                    y_hat,
+                    self._observe,
+                    y,
+                    self.noise,
+                    sig_wb,
+                    mask,
+                    self.names,
+                    where,
+                    self._unit_rows,
+                    self._warm[-1],
                 )
                 self.reports.append(report)
                 if not report.converged and self.on_failure == "raise":
@@ -601,7 +652,7 @@ class PosteriorDenoiser:
         assert self.windows is not None and self.guidance is not None
         b = z.shape[0]
         outs, reports = [], []
-        for a, win in zip(self.starts, self.windows, strict=True):
+        for a, win, warm in zip(self.starts, self.windows, self._warm[:-1], strict=True):
             zi = z[:, a - self.offset : a - self.offset + self.size].detach()
             times = self.frame_times[a : a + self.size]
             if win is None:  # no observation in this window
@@ -617,7 +668,7 @@ class PosteriorDenoiser:
                 y = win.targets(b, y_hat)
                 out, report = self.guidance.guide(
                     leaf, zh, y_hat, win.observe, y, win.noise, sigma.reshape(1, b), None, win.names, where,
-                    win.unit_rows,
+                    win.unit_rows, warm,
                 )  # fmt: skip
             reports.append(report)
             outs.append(out[0])

@@ -38,8 +38,8 @@ class SolveInfo:
         iterations: iterations done (the largest over systems).
         residual: relative residual norms :math:`\\|b - A x\\| / \\|b\\|` per system ``[...]`` float64
             (recursive estimate; 0 where ``b = 0``).
-        residual_vector: the residual :math:`b - A x` ``[..., M]`` float64 (CG: recursive; GMRES: recomputed, or
-            ``None`` with ``tol=None``, where ``residual`` is GMRES's own estimate).
+        residual_vector: the residual :math:`b - A x` ``[..., M]`` float64 (CG: recursive; GMRES: from the Arnoldi
+            relation, without an extra product).
         tol: the relative tolerance used (``None`` for fixed iterations).
     """
 
@@ -60,6 +60,26 @@ def _relative(rnorm: Tensor, bnorm: Tensor) -> Tensor:
     return torch.where(bnorm > 0, rnorm / bnorm.clamp_min(_EPS), torch.zeros_like(rnorm))
 
 
+def _initial(
+    A: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor | None, scale_x0: bool, energy: bool
+) -> tuple[Tensor, Tensor]:
+    r"""Initial iterate and residual ``(x, b - A x)``: zero, ``x0``, or (``scale_x0``) the best multiple
+    :math:`\alpha x_0` -- :math:`\alpha = \langle A x_0, b\rangle / \|A x_0\|^2` (least residual, GMRES) or
+    :math:`\langle x_0, b\rangle / \langle x_0, A x_0\rangle` (least A-norm error, CG) -- which costs the same one
+    product and is never worse than zero or ``x0`` alone (a warm start whose size is off, e.g. because the system's
+    scale changed, is rescaled for free)."""
+    if x0 is None:
+        return torch.zeros_like(b), b.clone()
+    x = x0.to(torch.float64)
+    w = A(x).to(torch.float64)
+    if scale_x0:
+        num = ((x if energy else w) * b).sum(-1)
+        den = ((x * w) if energy else (w * w)).sum(-1)
+        alpha = torch.where(den.abs() > _EPS, num / torch.where(den.abs() > _EPS, den, torch.ones_like(den)), 0.0)
+        x, w = alpha[..., None] * x, alpha[..., None] * w
+    return x.clone(), b - w
+
+
 def cg(
     A: Callable[[Tensor], Tensor],
     b: Tensor,
@@ -68,6 +88,7 @@ def cg(
     tol: float | None = 1e-6,
     atol: float = 0.0,
     maxiter: int | None = None,
+    scale_x0: bool = False,
 ) -> tuple[Tensor, SolveInfo]:
     r"""Conjugate gradients for SPD systems :math:`A x = b`, batched over leading axes.
 
@@ -75,6 +96,7 @@ def cg(
         A: the operator ``[..., M] -> [..., M]`` (called with float64 tensors).
         b: right-hand sides ``[..., M]``.
         x0: initial guess (zeros by default).
+        scale_x0: start from the multiple of ``x0`` with the least A-norm error instead (same cost).
         tol: relative tolerance on the residual norm, or ``None`` for exactly ``maxiter`` iterations.
         atol: absolute tolerance floor.
         maxiter: iteration cap (default ``2 M``).
@@ -86,8 +108,7 @@ def cg(
     b = b.to(torch.float64)
     m = b.shape[-1]
     maxiter = 2 * m if maxiter is None else int(maxiter)
-    x = torch.zeros_like(b) if x0 is None else x0.to(torch.float64).clone()
-    r = b - A(x) if x0 is not None else b.clone()
+    x, r = _initial(A, b, x0, scale_x0, energy=True)
     bnorm = b.norm(dim=-1)
     thresh = _threshold(bnorm, tol, atol)
     p = r.clone()
@@ -119,18 +140,22 @@ def gmres(
     tol: float | None = 1e-6,
     atol: float = 0.0,
     maxiter: int | None = None,
+    scale_x0: bool = False,
 ) -> tuple[Tensor, SolveInfo]:
     r"""GMRES for non-singular (possibly non-symmetric) systems, batched over leading axes.
 
-    Stores ``maxiter + 1`` basis vectors per system. Arguments and return as :func:`cg` (default cap ``M``).
+    The residual vector is obtained from the Arnoldi relation :math:`A V_k = V_{k+1} \bar H_k` as
+    :math:`r = r_0 - V_{k+1} \bar H_k y_k` (exact up to rounding, whatever the loss of orthogonality), so a solve
+    costs one product with ``A`` per iteration (plus one for :math:`r_0` when ``x0`` is given) and no extra one to
+    report its residual. Stores ``maxiter + 1`` basis vectors per system. Arguments and return as :func:`cg`
+    (default cap ``M``; ``scale_x0`` starts from the multiple of ``x0`` with the least residual).
     """
     out_dtype = b.dtype
     b = b.to(torch.float64)
     m = b.shape[-1]
     maxiter = min(m, 200) if maxiter is None else int(maxiter)
     batch = b.shape[:-1]
-    x = torch.zeros_like(b) if x0 is None else x0.to(torch.float64).clone()
-    r0 = b - A(x).to(torch.float64) if x0 is not None else b.clone()
+    x, r0 = _initial(A, b, x0, scale_x0, energy=False)
     bnorm = b.norm(dim=-1)
     thresh = _threshold(bnorm, tol, atol)
     beta = r0.norm(dim=-1)
@@ -138,7 +163,8 @@ def gmres(
     g = [beta]
     cs: list[Tensor] = []
     sn: list[Tensor] = []
-    R_cols: list[Tensor] = []  # column j holds R[0..j, j]
+    R_cols: list[Tensor] = []  # column j holds R[0..j, j] (after the Givens rotations)
+    H_cols: list[Tensor] = []  # column j holds Hbar[0..j+1, j] (Arnoldi, before rotations)
     res = beta.clone()
     active = res > thresh
     it = 0
@@ -153,6 +179,7 @@ def gmres(
         hnext = w.norm(dim=-1)
         V.append(w / hnext.clamp_min(_EPS)[..., None])
         h.append(hnext)  # h[0..j+1]
+        H_cols.append(torch.stack(h, dim=-1))
         for i in range(j):  # previous rotations
             a = cs[i] * h[i] + sn[i] * h[i + 1]
             h[i + 1] = -sn[i] * h[i] + cs[i] * h[i + 1]
@@ -182,23 +209,21 @@ def gmres(
         res = torch.where(active, g_next.abs(), res)
         it += 1
         active = active & (res > thresh)
+    r = r0
     if it > 0:
         k = it
         R = torch.zeros((*batch, k, k), dtype=torch.float64, device=b.device)
-        for jj, col in enumerate(R_cols):
+        Hbar = torch.zeros((*batch, k + 1, k), dtype=torch.float64, device=b.device)
+        for jj, (col, hcol) in enumerate(zip(R_cols, H_cols, strict=True)):
             R[..., : jj + 1, jj] = col
+            Hbar[..., : jj + 2, jj] = hcol
         gv = torch.stack(g[:k], dim=-1)[..., None]
-        y = torch.linalg.solve_triangular(R, gv, upper=True)[..., 0]
-        Vk = torch.stack(V[:k], dim=-1)  # [..., M, k]
-        x = x + (Vk @ y[..., None])[..., 0]
-    if tol is None:
-        # fixed iterations (Appa's 2): no convergence to check, so no extra product with A for the true
-        # residual (a third of the solve's cost at 2 iterations); report the Givens estimate
-        return x.to(out_dtype), SolveInfo(True, it, _relative(res, bnorm), None, tol)
-    # GMRES's stopping rule is its (Givens) residual estimate; ``residual`` reports the recomputed one
-    r = b - A(x).to(torch.float64) if it > 0 else r0
+        y = torch.linalg.solve_triangular(R, gv, upper=True)[..., 0]  # 0 past each system's last active column
+        Vk1 = torch.stack(V, dim=-1)  # [..., M, k+1]
+        x = x + (Vk1[..., :k] @ y[..., None])[..., 0]
+        r = r0 - (Vk1 @ (Hbar @ y[..., None]))[..., 0]
     rel = _relative(r.norm(dim=-1), bnorm)
-    converged = bool((res <= thresh).all())
+    converged = True if tol is None else bool((res <= thresh).all())
     return x.to(out_dtype), SolveInfo(converged, it, rel, r, tol)
 
 
@@ -206,16 +231,18 @@ def solve(
     method: str,
     A: Callable[[Tensor], Tensor],
     b: Tensor,
+    x0: Tensor | None = None,
     *,
     tol: float | None = 1e-6,
     atol: float = 0.0,
     maxiter: int | None = None,
+    scale_x0: bool = False,
 ) -> tuple[Tensor, SolveInfo]:
     """Dispatch to :func:`cg` or :func:`gmres` by name."""
     if method == "cg":
-        return cg(A, b, tol=tol, atol=atol, maxiter=maxiter)
+        return cg(A, b, x0, tol=tol, atol=atol, maxiter=maxiter, scale_x0=scale_x0)
     if method == "gmres":
-        return gmres(A, b, tol=tol, atol=atol, maxiter=maxiter)
+        return gmres(A, b, x0, tol=tol, atol=atol, maxiter=maxiter, scale_x0=scale_x0)
     raise ValueError(f"solve: field 'method' has value {method!r}; expected 'cg' or 'gmres'")
 
 

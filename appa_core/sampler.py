@@ -135,6 +135,9 @@ class Sampler:
             tolerance on the residual in units of observation-error std (``None``: exactly ``cg_iters``
             iterations, no convergence check, as Appa's 2 GMRES iterations). Iterations and residuals of every
             solve are reported (:attr:`PosteriorSample.solve`, ``ds.attrs["appa_solve"]``).
+        warm_start: start each MMPS solve from the previous diffusion step's solution (default; with a tolerance
+            it cuts the solver's products 2-4x at equal error, ``docs/benchmarks.md``); ``False``: every solve
+            starts from zero, as azula and Appa do.
 
     **Calibrated defaults.** On a linear-Gaussian problem (37 observations, D = 120, 1000 members,
     ``benchmarks/calibration.py``) the defaults (third-order LMS, 24 steps on the rectified schedule, 24
@@ -178,6 +181,7 @@ class Sampler:
     cg_tol: float | None = 1e-2
     irls: bool = True
     probes: int | None = 8
+    warm_start: bool = True
     eta: float = 0.0
     corrections: int = 2
     delta: float = 0.1
@@ -235,7 +239,14 @@ class Sampler:
 
     def _guide(self) -> MMPS | DPS | None:
         if self.guidance == "mmps":
-            return MMPS(solver=self.solver, maxiter=self.cg_iters, tol=self.cg_tol, irls=self.irls, probes=self.probes)
+            return MMPS(
+                solver=self.solver,
+                maxiter=self.cg_iters,
+                tol=self.cg_tol,
+                irls=self.irls,
+                probes=self.probes,
+                warm_start=self.warm_start,
+            )
         if self.guidance == "dps":
             return DPS(zeta=self.zeta, irls=self.irls)
         return None
@@ -659,7 +670,8 @@ class Sampler:
         ds.attrs["appa_sampler"] = json.dumps(
             {
                 "steps": self.steps, "sampler": self.sampler, "guidance": self.guidance, "solver": self.solver,
-                "cg_iters": self.cg_iters, "cg_tol": self.cg_tol, "strategy": self.strategy,
+                "cg_iters": self.cg_iters, "cg_tol": self.cg_tol, "warm_start": self.warm_start,
+                "strategy": self.strategy,
                 "unconverged_solves": res.unconverged, "members": int(res.members or n_mine),
                 "denoiser_calls": res.calls,
             }

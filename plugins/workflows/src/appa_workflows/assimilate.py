@@ -89,7 +89,7 @@ SAMPLER_KEYS: dict[str, str] = {
     "steps": "steps", "sampler": "sampler", "guidance": "guidance", "solver": "solver", "iters": "cg_iters",
     "tol": "cg_tol", "irls": "irls", "strategy": "strategy", "overlap": "overlap", "ar_context": "ar_context",
     "corrections": "corrections", "delta": "delta", "eta": "eta", "order": "order", "churn": "churn", "zeta": "zeta",
-    "on_failure": "on_failure", "context_std": "context_std", "batch": "batch",
+    "on_failure": "on_failure", "context_std": "context_std", "batch": "batch", "warm_start": "warm_start",
 }  # fmt: skip
 _TASK_KEYS = ("kind", "horizon", "members", "seed", "context", "device", "qc", *SAMPLER_KEYS)
 _OUTPUT_KEYS = ("dir",)
@@ -467,6 +467,9 @@ def _parse_task(table: dict[str, Any], *, has_truth: bool) -> TaskConfig:
     for key in ("overlap", "ar_context"):
         if key in sampler:
             sampler[key] = _int("task", key, sampler[key], 0)
+    for key in ("irls", "warm_start"):
+        if key in sampler and not isinstance(sampler[key], bool):
+            raise _fail("task", key, sampler[key], "must be true or false")
     if "qc" in table:  # qc = false, or a [task.qc] table of appa_core.obs.qc.QC fields
         from appa_core.obs.qc import QC
 

@@ -1,0 +1,401 @@
+"""Guidance cost at equal error: our MMPS (warm start + tolerance) against azula 0.11.1's ``MMPSDenoiser``.
+
+Both guided denoisers drive the **same sampler** (our third-order LMS, the default, on the prior's schedule) from
+the same initial noise, so their final samples differ only through the guidance. The error of a run is the RMS
+(and max) difference of its final samples from a reference run:
+
+1. ``gaussian``: a dense ``GaussianPrior`` (D = 1024, squared-exponential covariance), 200 point observations with
+   noise std 0.1, 4 members; the reference is the **exact posterior denoiser** (Kalman) on the same trajectory.
+2. ``demo``: the bundled demo latent prior (K = 8 states, latent [8, 24, 24, 48]) with point observations of the
+   decoded state (from the bundled truth slice, noise 0.3 standard deviations of each channel's field), 2 members;
+   the reference is our MMPS solved to 1e-3 (cap 64 iterations), the converged MMPS trajectory.
+
+azula's solve starts from zero and runs a fixed ``k`` iterations per call (its only mode); ours stops each
+solve at a relative tolerance and starts it from the previous call's solution (``MMPS(warm_start=True)``, the
+default). Per-iteration work is the same for both (one JVP and one VJP through decoder and operators, one VJP
+through the denoiser). Every configuration is run ``--repeats`` times, interleaved (round robin), and its wall time
+is the median over repeats (with min and max). For each ``k`` the table reports the cheapest of our settings whose
+RMS error is at most azula's, and the time ratio; the issue's target is a ratio <= 0.5.
+
+Run (writes the ``## Guidance cost`` section of ``docs/benchmarks.md`` and ``benchmarks/guidance_cost.json``)::
+
+    pip install azula==0.11.1 --no-deps einops      # optional peer; without it only our rows are measured
+    OMP_NUM_THREADS=1 python benchmarks/guidance_cost.py                 # both problems (demo part ~30 min)
+    OMP_NUM_THREADS=1 python benchmarks/guidance_cost.py --problems gaussian --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from sampler import Picks  # noqa: E402  (the benchmark's point-observation operator)
+
+from appa_core.diffusion.samplers import LMSSampler, sigma_grid  # noqa: E402
+from appa_core.gaussian import GaussianPrior  # noqa: E402
+from appa_core.grid import Grid  # noqa: E402
+from appa_core.guidance import MMPS, WarmStart  # noqa: E402
+from appa_core.obs import ObsSet  # noqa: E402
+from appa_core.spec import StateSpec  # noqa: E402
+
+T0 = np.datetime64("2000-01-01T00", "ns")
+Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Problem:
+    """A prior, observations, a sampler trajectory and a reference final sample."""
+
+    name: str
+    prior: object
+    obs: ObsSet
+    x_init: torch.Tensor
+    sigmas: torch.Tensor
+    shape: tuple[int, ...]
+    reference: torch.Tensor
+    reference_note: str
+
+    def denoise(self, z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def observe(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def run(self, den: Denoise) -> torch.Tensor:
+        return LMSSampler()(den, self.x_init.clone(), self.sigmas.to(self.x_init.dtype))
+
+
+class GaussianProblem(Problem):
+    def __init__(self, steps: int) -> None:
+        self.name = "gaussian"
+        spec = StateSpec(surface=("2m_temperature", "10m_u_component_of_wind", "10m_v_component_of_wind",
+                                  "mean_sea_level_pressure"))  # fmt: skip
+        grid = Grid.equiangular(16, 16)
+        d = 4 * 16 * 16
+        i = torch.arange(d, dtype=torch.float64)
+        cov = torch.exp(-((i[:, None] - i[None]) ** 2) / 50.0) + 0.05 * torch.eye(d, dtype=torch.float64)
+        prior = GaussianPrior(torch.zeros(1, 4, 16, 16, dtype=torch.float64), cov, grid, spec)
+        g = torch.Generator().manual_seed(0)
+        rng = np.random.default_rng(1)
+        idx = rng.choice(d, 200, replace=False)
+        truth = prior.sample(1, g).reshape(-1)
+        values = truth[idx].numpy() + 0.1 * rng.normal(size=200)
+        self.obs = ObsSet([Picks(idx, values, std=0.1)]).prepare(grid, spec, np.array([T0]))
+        self.prior, self.shape = prior, prior.state_shape
+        self.sigmas = sigma_grid(prior.schedule, steps)
+        gen = torch.Generator().manual_seed(5)
+        self.x_init = float(self.sigmas[0]) * torch.randn(4, *self.shape, generator=gen, dtype=torch.float64)
+        post = prior.condition(self.obs.matrix(), self.obs.values, self.obs.noise.dense_cov())
+        self.reference = self.run(lambda z, s: post.denoise(z, s))
+        self.reference_note = "exact posterior denoiser"
+
+    def denoise(self, z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return self.prior.denoise(z, sigma)  # type: ignore[attr-defined]
+
+    def observe(self, z: torch.Tensor) -> torch.Tensor:
+        return self.obs(self.prior.decode(z))  # type: ignore[attr-defined]
+
+
+class DemoProblem(Problem):
+    def __init__(self, steps: int, nobs: int) -> None:
+        from appa_core.data import load_truth_slice
+        from appa_core.prior import Prior
+        from appa_core.state import dataset_to_tensor
+
+        self.name = "demo"
+        prior = Prior.demo()
+        k = prior.window
+        truth_ds = load_truth_slice().isel(time=slice(0, k))
+        x_true, times, grid = dataset_to_tensor(truth_ds, prior.spec)
+        x = x_true.reshape(-1).numpy()
+        per_channel = x_true.reshape(-1, *x_true.shape[-3:]).std(dim=(0, 2, 3)).numpy()  # [C]
+        rng = np.random.default_rng(2)
+        idx = rng.choice(x.size, nobs, replace=False)
+        chan = (idx // (grid.shape[0] * grid.shape[1])) % prior.spec.n_channels
+        std = 0.3 * per_channel[chan]
+        values = x[idx] + std * rng.normal(size=nobs)
+        self.obs = ObsSet([Picks(idx, values, std=std)]).prepare(grid, prior.spec, times)
+        self.prior, self.shape = prior, prior.event_shape(k)
+        self.sigmas = sigma_grid(prior.schedule, steps)
+        gen = torch.Generator().manual_seed(5)
+        self.x_init = float(self.sigmas[0]) * torch.randn(2, *self.shape, generator=gen, dtype=torch.float32)
+        self.times = times
+        self.reference = torch.empty(0)
+        self.reference_note = ""
+
+    def denoise(self, z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return self.prior.denoise(z, sigma, self.times)  # type: ignore[attr-defined]
+
+    def observe(self, z: torch.Tensor) -> torch.Tensor:
+        return self.obs(self.prior.decode(z))  # type: ignore[attr-defined]
+
+
+def azula_denoiser(problem: Problem, k: int) -> Denoise | None:
+    """azula's ``MMPSDenoiser`` (k fixed GMRES iterations from zero) as ``d(z, sigma)``; ``None`` without azula."""
+    try:
+        from azula.denoise import Denoiser as AzDenoiser
+        from azula.denoise import DiracPosterior
+        from azula.guidance.mmps import MMPSDenoiser
+        from azula.linalg.covariance import DiagonalCovariance
+    except ImportError:
+        return None
+    shape = problem.shape
+
+    class SigmaSchedule:  # azula's schedule protocol with t = sigma (our sampler chooses the noise levels)
+        def __call__(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return torch.ones_like(t), t
+
+    class Wrap(AzDenoiser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.schedule = SigmaSchedule()
+
+        def forward(self, x_t, t, **kw):  # type: ignore[no-untyped-def]
+            b = x_t.shape[0]
+            z = problem.denoise(x_t.reshape(b, *shape), t.reshape(-1).expand(b))
+            return DiracPosterior(mean=z.reshape(b, -1))
+
+    def flat_observe(x: torch.Tensor) -> torch.Tensor:
+        return problem.observe(x.reshape(x.shape[0], *shape)).to(x.dtype)
+
+    dtype = problem.x_init.dtype
+    cov = DiagonalCovariance(problem.obs.noise.variance().to(dtype))
+    mmps = MMPSDenoiser(Wrap(), problem.obs.values.to(dtype), flat_observe, cov, "gmres", k)
+
+    def d(z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        b = z.shape[0]
+        t = sigma.reshape(b, 1).to(dtype)
+        return mmps(z.reshape(b, -1), t).mean.reshape(z.shape)
+
+    return d
+
+
+def ours_denoiser(problem: Problem, guidance: MMPS, reports: list | None = None) -> Denoise:
+    """Our guided denoiser for one trajectory (its :class:`WarmStart` lives in the closure); ``reports`` collects
+    each call's :class:`GuidanceReport`."""
+    warm = WarmStart()
+
+    def d(z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            leaf = z.detach().requires_grad_(True)
+            z_hat = problem.denoise(leaf, sigma)
+            y_hat = problem.observe(z_hat)
+            out, rep = guidance.guide(
+                leaf, z_hat, y_hat, problem.observe, problem.obs.values, problem.obs.noise, sigma, warm=warm
+            )
+        if reports is not None:
+            reports.append(rep)
+        return out
+
+    return d
+
+
+class Counter:
+    """Counts the products with the MMPS operator (calls of ``observe`` under forward-mode AD)."""
+
+    def __init__(self, problem: Problem) -> None:
+        self.n = 0
+        self.inner = problem.observe
+
+        def observe(z: torch.Tensor) -> torch.Tensor:
+            if torch._C._functorch.is_gradtrackingtensor(z) or _is_dual(z):
+                self.n += 1
+            return self.inner(z)
+
+        problem.observe = observe  # type: ignore[method-assign]
+
+
+def _is_dual(z: torch.Tensor) -> bool:
+    return bool(torch._C._functorch.is_functorch_wrapped_tensor(z))
+
+
+def configs(
+    problem: Problem, ks: list[int], tols: list[float], cap: int, cold: bool = True
+) -> dict[str, Callable[[], Denoise]]:
+    out: dict[str, Callable[[], Denoise]] = {}
+    for k in ks:
+        if azula_denoiser(problem, k) is not None:
+            out[f"azula k={k}"] = lambda k=k: azula_denoiser(problem, k)  # type: ignore[misc]
+        if cold:
+            out[f"ours cold k={k}"] = lambda k=k: ours_denoiser(problem, MMPS(maxiter=k, tol=None, warm_start=False))
+    for tol in tols:
+        out[f"ours warm tol={tol:g}"] = lambda tol=tol: ours_denoiser(problem, MMPS(maxiter=cap, tol=tol))
+    return out
+
+
+def measure(problem: Problem, cfgs: dict[str, Callable[[], Denoise]], repeats: int) -> list[dict]:
+    counter = Counter(problem)
+    times: dict[str, list[float]] = {n: [] for n in cfgs}
+    results: dict[str, dict] = {}
+    if problem.name == "gaussian":  # warm-up round (first-call costs), not timed; the demo's reference run warms up
+        for make in cfgs.values():
+            problem.run(make())
+    for rep in range(repeats):
+        for name, make in cfgs.items():  # interleaved: every configuration once per round
+            den = make()
+            counter.n = 0
+            t0 = time.perf_counter()
+            out = problem.run(den)
+            times[name].append(time.perf_counter() - t0)
+            if rep == 0:
+                diff = out.double() - problem.reference.double()
+                results[name] = {
+                    "config": name, "rms_error": float(diff.pow(2).mean().sqrt()),
+                    "max_error": float(diff.abs().max()), "products": counter.n,
+                }  # fmt: skip
+            print(f"  [{problem.name}] round {rep + 1}/{repeats} {name}: {times[name][-1]:.2f} s", flush=True)
+    for name, ts in times.items():
+        results[name].update(median_s=float(np.median(ts)), min_s=float(min(ts)), max_s=float(max(ts)))
+    return list(results.values())
+
+
+def pairs(rows: list[dict], ks: list[int]) -> list[dict]:
+    """For each azula k: the cheapest (median time) of our warm-start settings with RMS error <= azula's."""
+    by = {r["config"]: r for r in rows}
+    ours = [r for r in rows if r["config"].startswith("ours warm")]
+    out = []
+    for k in ks:
+        az = by.get(f"azula k={k}")
+        if az is None:
+            continue
+        ok = [r for r in ours if r["rms_error"] <= az["rms_error"]]
+        best = min(ok, key=lambda r: r["median_s"]) if ok else None
+        out.append({"k": k, "azula": az, "ours": best, "ratio": best["median_s"] / az["median_s"] if best else None})
+    return out
+
+
+def section(results: dict[str, dict]) -> str:
+    lines = [
+        "## Guidance cost",
+        "",
+        f"`benchmarks/guidance_cost.py`, {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        "1 thread, on the shared 2-core machine (other jobs were running, so "
+        "absolute times are noisy; configurations were interleaved and each time is the median of the repeats, "
+        "with the min-max spread). Both guided denoisers drive the same LMS sampler from the same initial noise; "
+        "error = RMS difference of the final samples from the reference run. azula: `MMPSDenoiser`, k GMRES "
+        "iterations from zero per call. Ours: `MMPS(tol=...)` with `warm_start=True` (the default), GMRES.",
+        "",
+    ]
+    for name, res in results.items():
+        p = res["problem"]
+        lines += [
+            f"**{name}**: {p['description']}; reference: {p['reference']}; {p['repeats']} repeats; measured "
+            f"{p['date']} in {p['minutes']:.0f} min.",
+            "",
+        ]
+        if res["pairs"]:
+            lines += [
+                "| azula k | azula time (s) | azula RMS error | ours (cheapest with error <= azula's) | ours time (s) "
+                "| ours RMS error | time ratio ours / azula |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for pr in res["pairs"]:
+                az, us = pr["azula"], pr["ours"]
+                if us is None:
+                    lines.append(
+                        f"| {pr['k']} | {az['median_s']:.2f} | {az['rms_error']:.2e} | none reaches it | | | |"
+                    )
+                    continue
+                lines.append(
+                    f"| {pr['k']} | {az['median_s']:.2f} ({az['min_s']:.2f}-{az['max_s']:.2f}) | {az['rms_error']:.2e} "
+                    f"| {us['config'].removeprefix('ours warm ')} | {us['median_s']:.2f} ({us['min_s']:.2f}-"
+                    f"{us['max_s']:.2f}) | {us['rms_error']:.2e} | {pr['ratio']:.2f} |"
+                )
+            lines.append("")
+        lines += [
+            "| configuration | median time (s) | RMS error | max error | operator products |",
+            "|---|---|---|---|---|",
+        ]
+        for r in res["rows"]:
+            lines.append(
+                f"| {r['config']} | {r['median_s']:.2f} | {r['rms_error']:.2e} | {r['max_error']:.2e} "
+                f"| {r['products']} |"
+            )
+        lines.append("")
+    lines += [
+        "`ours cold k` is our solver in azula's mode (fixed k from zero): its error equals azula's to rounding and "
+        "its time is at parity, so the gain is the warm start and the tolerance, not a faster product. Operator "
+        "products count the JVPs through decoder and operators (one per GMRES iteration, one per warm-started "
+        "initial residual).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--problems", nargs="+", default=["gaussian", "demo"], choices=["gaussian", "demo"])
+    ap.add_argument("--repeats", type=int, default=5, help="repeats of the gaussian problem (demo: --demo-repeats)")
+    ap.add_argument("--demo-repeats", type=int, default=2)
+    ap.add_argument("--demo-ref-tol", type=float, default=1e-3, help="tolerance of the demo's reference solves")
+    ap.add_argument("--steps", type=int, default=24, help="LMS steps (the default Sampler's)")
+    ap.add_argument("--demo-steps", type=int, default=16)
+    ap.add_argument("--demo-obs", type=int, default=2000)
+    ap.add_argument("--no-docs", action="store_true", help="print only; do not rewrite docs/benchmarks.md")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    t_start = time.time()
+    results: dict[str, dict] = {}
+    if "gaussian" in a.problems:
+        t0 = time.time()
+        prob = GaussianProblem(a.steps)
+        ks = [1, 2, 4, 8, 16, 32]
+        rows = measure(prob, configs(prob, ks, [3e-1, 1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 1e-4], 64), a.repeats)
+        results["Gaussian prior"] = {
+            "problem": {"description": f"dense GaussianPrior, D = 1024, 200 point observations (noise std 0.1), "
+                        f"4 members, LMS {a.steps} steps", "reference": prob.reference_note, "repeats": a.repeats,
+                        "minutes": (time.time() - t0) / 60, "date": time.strftime("%Y-%m-%d")},
+            "rows": rows, "pairs": pairs(rows, ks),
+        }  # fmt: skip
+    if "demo" in a.problems:
+        t0 = time.time()
+        prob = DemoProblem(a.demo_steps, a.demo_obs)
+        reps: list = []
+        prob.reference = prob.run(ours_denoiser(prob, MMPS(maxiter=64, tol=a.demo_ref_tol), reps))
+        worst = max(r.residual for r in reps)
+        prob.reference_note = (
+            f"our MMPS to tolerance {a.demo_ref_tol:g} (cap 64 iterations, warm start; worst relative residual "
+            f"{worst:.1e}, {sum(r.iterations for r in reps)} iterations)"
+        )
+        ks = [2, 4, 8]
+        rows = measure(prob, configs(prob, ks, [1e-1, 3e-2, 1e-2], 32, cold=False), a.demo_repeats)
+        results["Demo latent prior"] = {
+            "problem": {"description": f"bundled demo prior, K = 8 states (latent [8, 24, 24, 48]), {a.demo_obs} point "
+                        f"observations of the decoded truth (noise 0.3 field std), 2 members, LMS {a.demo_steps} steps",
+                        "reference": prob.reference_note, "repeats": a.demo_repeats,
+                        "minutes": (time.time() - t0) / 60, "date": time.strftime("%Y-%m-%d")},
+            "rows": rows, "pairs": pairs(rows, ks),
+        }  # fmt: skip
+    text = section(results)
+    print(text)
+    print(f"run took {(time.time() - t_start) / 60:.1f} min")
+    out = ROOT / "benchmarks" / "guidance_cost.json"
+    if a.no_docs:
+        return
+    previous = json.loads(out.read_text()) if out.exists() else {}
+    previous.update(results)
+    out.write_text(json.dumps(previous, indent=1) + "\n")
+    path = ROOT / "docs" / "benchmarks.md"
+    doc = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    full = section(previous)
+    if "## Guidance cost" in doc:
+        doc = re.sub(r"## Guidance cost\n.*?(?=\n## |\Z)", full.rstrip() + "\n", doc, flags=re.S)
+    else:
+        doc = doc.rstrip() + "\n\n" + full
+    path.write_text(doc)
+
+
+if __name__ == "__main__":
+    main()
