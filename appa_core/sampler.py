@@ -141,9 +141,10 @@ class Sampler:
 
     **Calibrated defaults.** On a linear-Gaussian problem (37 observations, D = 120, 1000 members,
     ``benchmarks/calibration.py``) the defaults (third-order LMS, 24 steps on the rectified schedule, 24
-    denoiser calls; GMRES to 1e-2, 5 iterations on average) give an ensemble variance 0.99x the exact Kalman
-    posterior variance and a mean within Monte-Carlo error of the exact mean; PC with 32 steps (96 calls) gives
-    0.97x, DDIM with 32 steps 0.92x, and 2 fixed GMRES iterations triple the error of the mean.
+    denoiser calls; GMRES to 1e-2 from the previous step's solution, 2.8 iterations on average) give an ensemble
+    variance 0.99x the exact Kalman posterior variance and a mean within Monte-Carlo error of the exact mean; PC
+    with 32 steps (96 calls) gives 0.97x, DDIM with 32 steps 0.92x, and 2 fixed GMRES iterations triple the error
+    of the mean.
         on_failure: an unconverged solve -> ``"warn"`` (one summary warning per call of :meth:`sample`),
             ``"raise"`` (:class:`~appa_core.guidance.GuidanceError`) or ``"ignore"``.
         overlap: blanket overlap (default ``K // 2``). strategy: ``"blanket"`` or ``"autoregressive"``.

@@ -127,6 +127,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sampler", default="lms", choices=["lms", "heun", "ddim", "pc"])
     p.add_argument("--tol", type=float, default=3e-2, help="MMPS relative tolerance, adaptive iterations (0: fixed)")
     p.add_argument(
+        "--warm-start", choices=["on", "off"], default="on",
+        help="start each MMPS / OI solve from the previous step's solution (Sampler.warm_start)",
+    )  # fmt: skip
+    p.add_argument(
         "--forecast-mode",
         default="continue",
         choices=["continue", "joint"],
@@ -197,13 +201,18 @@ def prior_hash(path: Path) -> str:
     return h.hexdigest()
 
 
+def _warm(a: argparse.Namespace) -> str:
+    """Cache-key suffix of the MMPS warm start (runs cached before it existed are the ``off`` ones)."""
+    return "-w" if getattr(a, "warm_start", "on") == "on" else ""
+
+
 def method_key(a: argparse.Namespace, method: str, phash: str = "") -> str:
     if method == "prior":
-        return f"prior-{phash[:10]}-{a.sampler}{a.steps}-m{a.members}-g{a.gmres_iters}-t{a.tol:g}-s{a.seed}"
+        return f"prior-{phash[:10]}-{a.sampler}{a.steps}-m{a.members}-g{a.gmres_iters}-t{a.tol:g}-s{a.seed}{_warm(a)}"
     if method == "oi":
         return (
             f"oi-w{a.oi_window}-r{a.oi_rank}-n{a.oi_samples}-{a.sampler}{a.steps}-m{a.members}-cg{a.oi_cg_iters}"
-            f"-t{a.tol:g}-s{a.seed}"
+            f"-t{a.tol:g}-s{a.seed}{_warm(a)}"
         )
     if method == "unconditioned":
         return f"uncond-{phash[:10]}-{a.sampler}{a.steps}-m{a.members}-s{a.seed}"
@@ -382,11 +391,11 @@ class Runner:
             return Sampler(
                 self.oi, steps=a.steps, sampler=a.sampler, solver="cg",
                 cg_iters=a.oi_cg_iters or (None if a.tol else 4), cg_tol=a.tol or None, strategy=strategy,
-                progress=False,
+                warm_start=a.warm_start == "on", progress=False,
             )  # fmt: skip
         return Sampler(
             self.prior, steps=a.steps, sampler=a.sampler, solver="gmres",
-            cg_iters=a.gmres_iters or (None if a.tol else 2), cg_tol=a.tol or None,
+            cg_iters=a.gmres_iters or (None if a.tol else 2), cg_tol=a.tol or None, warm_start=a.warm_start == "on",
             guidance="mmps" if guided else "none", strategy=strategy, progress=False,
         )  # fmt: skip
 
@@ -947,6 +956,7 @@ def write_report(r: Runner, rows: list[dict[str, Any]], walls: dict[str, list[fl
     extra = f" --budget-min {a.budget_min:g}" if a.budget_min else ""
     extra += f" --dates {' '.join(a.dates)} --windows {' '.join(map(str, a.windows))} --lead-hours {a.lead_hours}"
     extra += f" --members {a.members} --steps {a.steps} --gmres-iters {a.gmres_iters} --tol {a.tol:g}"
+    extra += f" --warm-start {a.warm_start}"
     extra += f" --oi-rank {a.oi_rank} --oi-samples {a.oi_samples}"
     extra += " --truth NATURERUN_HELDOUT.zarr --train NATURERUN_TRAIN.zarr"
     w(
