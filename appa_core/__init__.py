@@ -38,16 +38,17 @@ _EXPORTS: dict[str, str] = {
     "SparseLinearOperator": "appa_core.obs",
     # deprecated (moved to appa_workflows.observing; importing the old path warns): not in __all__
     "ObservingSystem": "appa_core.observing",
-    "NoiseModel": "appa_core.noise",
-    "DiagonalGaussian": "appa_core.noise",
-    "CorrelatedGaussian": "appa_core.noise",
-    "Huber": "appa_core.noise",
-    "StudentT": "appa_core.noise",
-    "BlockDiagonal": "appa_core.noise",
+    # observation-error models
+    "NoiseModel": "appa_core.obs.errors",
+    "DiagonalGaussian": "appa_core.obs.errors",
+    "CorrelatedGaussian": "appa_core.obs.errors",
+    "Huber": "appa_core.obs.errors",
+    "StudentT": "appa_core.obs.errors",
+    "BlockDiagonal": "appa_core.obs.errors",
     # priors and sampling
-    "DiffusionPrior": "appa_core.diffusion",
-    "Prior": "appa_core.prior",
-    "GaussianPrior": "appa_core.gaussian",
+    "DiffusionPrior": "appa_core.priors.base",
+    "Prior": "appa_core.priors.latent",
+    "GaussianPrior": "appa_core.priors.gaussian",
     "Sampler": "appa_core.sampler",
     "save_zarr": "appa_core.sampler",
     "MMPS": "appa_core.guidance",
@@ -103,15 +104,15 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         open_wb2,
         time_features,
     )
-    from appa_core.diffusion import DiffusionPrior
-    from appa_core.gaussian import GaussianPrior
     from appa_core.grid import Grid
     from appa_core.guidance import DPS, MMPS
     from appa_core.metrics import score_table
-    from appa_core.noise import BlockDiagonal, CorrelatedGaussian, DiagonalGaussian, Huber, NoiseModel, StudentT
     from appa_core.obs import ObsOperator, ObsSet, SparseLinearOperator
+    from appa_core.obs.errors import BlockDiagonal, CorrelatedGaussian, DiagonalGaussian, Huber, NoiseModel, StudentT
     from appa_core.plugins import get_registry, hookimpl
-    from appa_core.prior import Prior
+    from appa_core.priors import DiffusionPrior
+    from appa_core.priors.gaussian import GaussianPrior
+    from appa_core.priors.latent import Prior
     from appa_core.sampler import Sampler, save_zarr
     from appa_core.spec import Channel, StateSpec
     from appa_core.state import dataset_to_tensor, tensor_to_dataset

@@ -1,6 +1,8 @@
-"""Deprecated module paths: a module that moved out of appa-core keeps importing from its old path for one release.
+"""Deprecated module paths: a module that moved out of appa-core, or was renamed within it, keeps importing from its
+old path for one release.
 
-An old module (``appa_core/baselines.py``, ...) is a two-line shim that calls :func:`alias_moved_module`: importing it
+An old module (``appa_core/baselines.py``, ``appa_core/noise.py``, ...) is a two-line shim that calls
+:func:`alias_moved_module`: importing it
 warns with a :class:`DeprecationWarning` that names the new path, then imports the new module and puts it in
 ``sys.modules`` under the old name, so that ``from appa_core.baselines import oi_prior`` and
 ``import appa_core.baselines as b; b.oi_prior`` both give the new module's objects (the same objects: patching one

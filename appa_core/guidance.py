@@ -49,10 +49,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from appa_core.diffusion.denoiser import DiffusionPrior
 from appa_core.linalg import solve
-from appa_core.noise import BlockDiagonal, DiagonalGaussian, NoiseModel
+from appa_core.obs.errors import BlockDiagonal, DiagonalGaussian, NoiseModel
 from appa_core.obs.obsset import ObsSet
+from appa_core.priors.base import DiffusionPrior
 
 __all__ = [
     "ADAPTIVE_MAXITER",

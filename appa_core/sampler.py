@@ -46,8 +46,7 @@ from tqdm.auto import tqdm
 
 from appa_core import distributed as _dist
 from appa_core.diffusion.blanket import Blanket
-from appa_core.diffusion.denoiser import DiffusionPrior
-from appa_core.diffusion.samplers import init_noise, make_sampler, sigma_grid
+from appa_core.diffusion.integrators import init_noise, make_sampler, sigma_grid
 from appa_core.guidance import (
     DPS,
     MMPS,
@@ -62,6 +61,7 @@ from appa_core.guidance import (
 from appa_core.obs.base import ObsOperator
 from appa_core.obs.obsset import ObsSet
 from appa_core.obs.qc import FLAG_MEANINGS, QC, QCError, QCResult, background_flags, bounds_flags
+from appa_core.priors.base import DiffusionPrior
 
 __all__ = [
     "PosteriorSample",
@@ -121,7 +121,7 @@ def _as_obsset(obs: ObsSet | ObsOperator | Sequence[ObsOperator] | None) -> ObsS
 
 @attrs.define
 class Sampler:
-    """Guided diffusion sampler over a :class:`~appa_core.diffusion.denoiser.DiffusionPrior`.
+    """Guided diffusion sampler over a :class:`~appa_core.priors.base.DiffusionPrior`.
 
     Attributes:
         prior: the prior (latent ``Prior`` or ``GaussianPrior``).

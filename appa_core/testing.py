@@ -251,7 +251,7 @@ class OperatorContract:
     def test_noise_matches_size(self) -> None:
         import torch
 
-        from appa_core.noise import NoiseModel
+        from appa_core.obs.errors import NoiseModel
 
         op = self.make_operator()
         noise = op.noise

@@ -48,10 +48,10 @@ def run_one(length: int, windowed: bool) -> dict:
     import torch
 
     from appa_core.diffusion.blanket import Blanket
-    from appa_core.gaussian import GaussianPrior, LowRankDiag
     from appa_core.grid import Grid
     from appa_core.guidance import MMPS, PosteriorDenoiser, observation_time_ranges
     from appa_core.obs import ObsSet
+    from appa_core.priors.gaussian import GaussianPrior, LowRankDiag
     from appa_core.spec import StateSpec
     from appa_op_stations import StationOp
 

@@ -36,10 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from appa_core.diffusion.schedule import LogLinearSchedule, RectifiedSchedule  # noqa: E402
-from appa_core.gaussian import GaussianPrior  # noqa: E402
 from appa_core.grid import Grid  # noqa: E402
-from appa_core.noise import DiagonalGaussian  # noqa: E402
 from appa_core.obs import ObsSet, SparseLinearOperator  # noqa: E402
+from appa_core.obs.errors import DiagonalGaussian  # noqa: E402
+from appa_core.priors.gaussian import GaussianPrior  # noqa: E402
 from appa_core.sampler import Sampler  # noqa: E402
 from appa_core.spec import StateSpec  # noqa: E402
 

@@ -44,11 +44,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from sampler import Picks  # noqa: E402  (the benchmark's point-observation operator)
 
-from appa_core.diffusion.samplers import LMSSampler, sigma_grid  # noqa: E402
-from appa_core.gaussian import GaussianPrior  # noqa: E402
+from appa_core.diffusion.integrators import LMSSampler, sigma_grid  # noqa: E402
 from appa_core.grid import Grid  # noqa: E402
 from appa_core.guidance import MMPS, WarmStart  # noqa: E402
 from appa_core.obs import ObsSet  # noqa: E402
+from appa_core.priors.gaussian import GaussianPrior  # noqa: E402
 from appa_core.spec import StateSpec  # noqa: E402
 
 T0 = np.datetime64("2000-01-01T00", "ns")
@@ -111,7 +111,7 @@ class GaussianProblem(Problem):
 class DemoProblem(Problem):
     def __init__(self, steps: int, nobs: int) -> None:
         from appa_core.data import load_truth_slice
-        from appa_core.prior import Prior
+        from appa_core.priors.latent import Prior
         from appa_core.state import dataset_to_tensor
 
         self.name = "demo"

@@ -37,14 +37,14 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from appa_core.diffusion.denoiser import DiffusionPrior  # noqa: E402
 from appa_core.diffusion.precondition import edm_coefficients  # noqa: E402
 from appa_core.diffusion.schedule import LogLinearSchedule  # noqa: E402
-from appa_core.gaussian import GaussianPrior  # noqa: E402
 from appa_core.grid import Grid  # noqa: E402
 from appa_core.guidance import MMPS, PosteriorDenoiser, guided_denoiser  # noqa: E402
-from appa_core.noise import DiagonalGaussian  # noqa: E402
 from appa_core.obs import ObsSet, SparseLinearOperator  # noqa: E402
+from appa_core.obs.errors import DiagonalGaussian  # noqa: E402
+from appa_core.priors.base import DiffusionPrior  # noqa: E402
+from appa_core.priors.gaussian import GaussianPrior  # noqa: E402
 from appa_core.spec import StateSpec  # noqa: E402
 
 T, C, H, W, CL = 4, 4, 32, 64, 8

@@ -358,7 +358,7 @@ class Runner:
     @property
     def prior(self):  # type: ignore[no-untyped-def]
         if self._prior is None:
-            from appa_core.prior import Prior
+            from appa_core.priors.latent import Prior
 
             self._prior = Prior.load(self.prior_dir)
             log(f"loaded the demo prior {self._prior!r}, sha256 {self.phash[:16]}")

@@ -8,10 +8,10 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-from appa_core.gaussian import GaussianPrior
 from appa_core.grid import Grid
-from appa_core.noise import DiagonalGaussian, NoiseModel
 from appa_core.obs.base import ObsOperator, SparseLinearOperator
+from appa_core.obs.errors import DiagonalGaussian, NoiseModel
+from appa_core.priors.gaussian import GaussianPrior
 from appa_core.spec import StateSpec
 
 T0 = np.datetime64("2021-03-21T00:00", "ns")

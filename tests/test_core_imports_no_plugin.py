@@ -20,11 +20,16 @@ SHIMS = {
     "appa_core.observing",
     "appa_core.baselines",
     "appa_core.letkf",
+    "appa_core.noise",
+    "appa_core.prior",
+    "appa_core.gaussian",
+    "appa_core.diffusion.denoiser",
+    "appa_core.diffusion.samplers",
 }
 #: strings equal to an operator's registry name that mean something else there
 NOT_OPERATORS = {("appa_core.state", "pressure_level")}  # ERA5's name of the level coordinate
 #: modules whose deprecation bridges name a plugin in a string (a moved name, a moved command)
-BRIDGES = {"appa_core.metrics", "appa_core.noise", "appa_core.cli", "appa_core.__init__"}
+BRIDGES = {"appa_core.metrics", "appa_core.obs.errors", "appa_core.cli", "appa_core.__init__"}
 
 
 def _modules() -> list[str]:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from appa_core.diffusion.blanket import Blanket
-from appa_core.diffusion.samplers import (
+from appa_core.diffusion.integrators import (
     DDIMSampler,
     LMSSampler,
     PCSampler,

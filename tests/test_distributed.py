@@ -18,7 +18,7 @@ from _guided_helpers import T0, PointPick, ar1_prior, make_spec
 
 from appa_core.distributed import member_generators, member_seed, shard
 from appa_core.grid import Grid
-from appa_core.noise import DiagonalGaussian, Huber
+from appa_core.obs.errors import DiagonalGaussian, Huber
 from appa_core.sampler import Sampler, save_zarr
 
 SPEC = make_spec()
@@ -61,7 +61,7 @@ def _problem(kind: str) -> tuple[Sampler, list[PointPick], int]:
         return smp, ops, 2
     from appa_core.data.stats import NormStats
     from appa_core.nn.presets import build, get_preset
-    from appa_core.prior import Prior
+    from appa_core.priors.latent import Prior
 
     torch.manual_seed(0)
     p = get_preset("tiny")

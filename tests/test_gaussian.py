@@ -7,8 +7,8 @@ import pytest
 import torch
 from _guided_helpers import DT, ar1_prior, make_spec, random_cov
 
-from appa_core.gaussian import GaussianPrior, LowRankDiag, gaspari_cohn
 from appa_core.grid import Grid
+from appa_core.priors.gaussian import GaussianPrior, LowRankDiag, gaspari_cohn
 
 GRID = Grid.equiangular(3, 4)
 SPEC = make_spec()

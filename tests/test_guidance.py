@@ -8,14 +8,14 @@ import pytest
 import torch
 from _guided_helpers import DT, T0, MaskedMean, PointPick, WindSpeed, ar1_prior, make_spec, window_times
 
-from appa_core.diffusion.samplers import init_noise, make_sampler, sigma_grid
+from appa_core.diffusion.integrators import init_noise, make_sampler, sigma_grid
 from appa_core.distributed import member_generators
-from appa_core.gaussian import GaussianPrior, LowRankDiag
 from appa_core.grid import Grid
 from appa_core.guidance import MMPS, GuidanceError, guided_denoiser
 from appa_core.linalg import cg, gmres
-from appa_core.noise import CorrelatedGaussian, DiagonalGaussian, Huber
 from appa_core.obs import ObsSet
+from appa_core.obs.errors import CorrelatedGaussian, DiagonalGaussian, Huber
+from appa_core.priors.gaussian import GaussianPrior, LowRankDiag
 from appa_core.sampler import Sampler
 
 GRID = Grid.equiangular(4, 5)

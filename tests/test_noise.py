@@ -1,4 +1,4 @@
-"""Tests of the observation noise models (``appa_core.noise``): normalisation by quadrature, closed-form scores and
+"""Tests of the observation noise models (``appa_core.obs.errors``): normalisation by quadrature, closed-form scores and
 IRLS weights against autograd and textbook formulas, sampling moments, and errors on bad input."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy import integrate, stats
 
-from appa_core.noise import BlockDiagonal, CorrelatedGaussian, DiagonalGaussian, Huber, NoiseModel, StudentT
+from appa_core.obs.errors import BlockDiagonal, CorrelatedGaussian, DiagonalGaussian, Huber, NoiseModel, StudentT
 
 DENSE_COV = [[2.0, 0.6, -0.3], [0.6, 1.0, 0.2], [-0.3, 0.2, 0.5]]
 FACTOR = [[1.0, 0.2], [0.5, -0.4], [-0.3, 0.8]]

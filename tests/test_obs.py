@@ -15,9 +15,9 @@ import torch
 from torch import Tensor
 
 from appa_core.grid import Grid
-from appa_core.noise import BlockDiagonal, CorrelatedGaussian, DiagonalGaussian, Huber, NoiseModel
 from appa_core.obs import ObsOperator, ObsSet, SparseLinearOperator, time_interpolation
 from appa_core.obs import validate as V
+from appa_core.obs.errors import BlockDiagonal, CorrelatedGaussian, DiagonalGaussian, Huber, NoiseModel
 from appa_core.obs.interp import nearest_weights
 from appa_core.spec import StateSpec
 from appa_core.testing import OperatorContract, contract_from_example, make_direction, make_state, run_contract

@@ -16,8 +16,8 @@ from pathlib import Path
 import pluggy
 import pytest
 
-from appa_core.noise import DiagonalGaussian, Huber
 from appa_core.obs import ObsOperator
+from appa_core.obs.errors import DiagonalGaussian, Huber
 from appa_core.plugins import (
     ENTRY_POINT_GROUP,
     HOOK_NAMES,
@@ -33,7 +33,7 @@ AddDist = Callable[..., None]
 
 GOOD = """
 import torch
-from appa_core.noise import DiagonalGaussian
+from appa_core.obs.errors import DiagonalGaussian
 from appa_core.obs import ObsOperator
 from appa_core.plugins import hookimpl
 
@@ -69,7 +69,7 @@ def appa_register_noise_models(registry):
 """
 
 HOOK_RAISES = """
-from appa_core.noise import DiagonalGaussian
+from appa_core.obs.errors import DiagonalGaussian
 from appa_core.plugins import hookimpl
 
 
@@ -377,8 +377,8 @@ def test_registry_refuses_bad_components(thunk: Callable[[Registry], object], er
 def test_lazy_targets_fail_clearly_on_lookup() -> None:
     reg = Registry(builtins=False)
     reg.add_operator("ghost", "appa_no_such_module:Op")
-    reg.add_operator("wrong", "appa_core.noise:Huber")
-    reg.add_noise_model("deep", "appa_core.noise:CorrelatedGaussian.sample")
+    reg.add_operator("wrong", "appa_core.obs.errors:Huber")
+    reg.add_noise_model("deep", "appa_core.obs.errors:CorrelatedGaussian.sample")
     with pytest.raises(ImportError, match=r"operator 'local:ghost' points to 'appa_no_such_module:Op', which failed"):
         reg.operator("ghost")
     with pytest.raises(TypeError, match=r"operator 'local:wrong' must be an ObsOperator subclass"):

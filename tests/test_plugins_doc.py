@@ -22,8 +22,8 @@ import pytest
 import torch
 
 from appa_core.grid import Grid
-from appa_core.noise import BlockDiagonal, CorrelatedGaussian, DiagonalGaussian, StudentT
 from appa_core.obs import ObsOperator, PointOperator, PointStencil, point_stencil
+from appa_core.obs.errors import BlockDiagonal, CorrelatedGaussian, DiagonalGaussian, StudentT
 from appa_core.spec import StateSpec
 from appa_core.testing import OperatorContract, make_state
 

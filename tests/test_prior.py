@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from appa_core.data.stats import NormStats
-from appa_core.diffusion.denoiser import DiffusionPrior
 from appa_core.nn.presets import build, get_preset
-from appa_core.prior import Prior
+from appa_core.priors.base import DiffusionPrior
+from appa_core.priors.latent import Prior
 
 torch.set_num_threads(1)
 TIMES = np.datetime64("2000-03-01T00", "ns") + np.arange(4) * np.timedelta64(6, "h")

@@ -11,8 +11,8 @@ import torch
 from _guided_helpers import T0, PointPick, ar1_prior, make_spec, window_times
 
 from appa_core.grid import Grid
-from appa_core.noise import DiagonalGaussian
 from appa_core.obs import ObsSet
+from appa_core.obs.errors import DiagonalGaussian
 from appa_core.obs.qc import (
     FLAG_BACKGROUND,
     FLAG_BOUNDS,

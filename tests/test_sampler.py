@@ -13,8 +13,8 @@ from _guided_helpers import DT, T0, PointPick, ar1_prior, make_spec, window_time
 from appa_core.diffusion.blanket import Blanket
 from appa_core.grid import Grid
 from appa_core.guidance import MMPS, PosteriorDenoiser, observation_time_ranges
-from appa_core.noise import DiagonalGaussian
 from appa_core.obs import ObsSet
+from appa_core.obs.errors import DiagonalGaussian
 from appa_core.sampler import Sampler, save_zarr, split_diagnostics, window_states
 
 SPEC = make_spec()
@@ -251,7 +251,7 @@ def test_latent_prior_posterior_through_the_decoder() -> None:
     MMPS through the decoder (fixed 2 GMRES iterations, as Appa) and return physical states."""
     from appa_core.data.stats import NormStats
     from appa_core.nn.presets import build, get_preset
-    from appa_core.prior import Prior
+    from appa_core.priors.latent import Prior
 
     torch.manual_seed(0)
     p = get_preset("tiny")
@@ -306,7 +306,7 @@ def test_robust_noise_is_standardised_by_the_full_innovation_variance() -> None:
     1.5), two of them 8 sigma off; reference: importance sampling (400k draws from the IRLS Laplace approximation,
     ESS ~57k). Posterior mean error in posterior std, 1000 members (Monte-Carlo error 0.03): rms 0.138 / max 0.46
     before the fix, 0.088 / 0.29 after; std ratio 1.03 before, 1.00 after."""
-    from appa_core.noise import Huber
+    from appa_core.obs.errors import Huber
 
     grid = Grid.equiangular(3, 4)
     prior = ar1_prior(1, grid, SPEC, rho=0.8, gen=torch.Generator().manual_seed(0))

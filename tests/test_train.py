@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from appa_core.data.synthetic import synthetic_wb2
 from appa_core.nn.presets import get_preset
-from appa_core.prior import Prior
+from appa_core.priors.latent import Prior
 from appa_core.state import dataset_to_tensor
 from appa_core.train import StateData, train_autoencoder, train_denoiser
 from appa_core.train.cli import main_train

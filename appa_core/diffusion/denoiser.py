@@ -1,64 +1,8 @@
-r"""The contract between a prior and the guided sampler.
+"""Deprecated: renamed to :mod:`appa_core.priors.base` (issue #11: one module per concept, named for it).
 
-The sampler never looks inside a prior: it draws a diffusion variable ``z`` of shape
-``[B, *prior.event_shape(T)]``, asks the prior for the posterior mean :math:`E[z \mid z_t]` at noise level
-:math:`\sigma`, and maps ``z`` to physical states ``[B, T, C, H, W]`` with ``prior.decode``. For the
-:class:`~appa_core.GaussianPrior` the diffusion variable is the (standardized) state itself; for the latent
-:class:`~appa_core.Prior` it is the autoencoder's latent trajectory.
+Importing this module warns and gives the new module; it will be removed in the next release.
 """
 
-from __future__ import annotations
+from appa_core._moved import alias_moved_module
 
-import abc
-
-import numpy as np
-from torch import Tensor
-
-from appa_core.diffusion.schedule import Schedule
-from appa_core.grid import Grid
-from appa_core.spec import StateSpec
-
-__all__ = ["DiffusionPrior"]
-
-
-class DiffusionPrior(abc.ABC):
-    """A prior over trajectories ``x[1..T]`` that the guided sampler can condition.
-
-    Attributes:
-        grid: the horizontal grid of decoded states.
-        spec: the variables and levels of decoded states (channel order of ``C``).
-        schedule: the noise schedule the denoiser was trained with.
-        window: the largest number of time steps denoised jointly (``K``), or ``None`` if unbounded.
-        timestep: the spacing between consecutive states, a ``numpy.timedelta64``.
-    """
-
-    grid: Grid
-    spec: StateSpec
-    schedule: Schedule
-    window: int | None
-    timestep: np.timedelta64
-
-    @abc.abstractmethod
-    def event_shape(self, length: int) -> tuple[int, ...]:
-        """Shape (without batch) of the diffusion variable for a trajectory of ``length`` states."""
-
-    @abc.abstractmethod
-    def denoise(self, z_t: Tensor, sigma: Tensor, times: np.ndarray | None = None) -> Tensor:
-        r"""Posterior mean :math:`E[z \mid z_t]`.
-
-        Args:
-            z_t: noisy diffusion variable ``[B, *event_shape(T)]``.
-            sigma: noise levels ``[B]`` (or a 0-d tensor).
-            times: the ``T`` valid times (``datetime64``) of the window, for time features.
-
-        Returns:
-            ``[B, *event_shape(T)]``, differentiable with respect to ``z_t``.
-        """
-
-    @abc.abstractmethod
-    def decode(self, z: Tensor) -> Tensor:
-        """Diffusion variable ``[B, *event_shape(T)]`` -> physical states ``[B, T, C, H, W]``."""
-
-    @abc.abstractmethod
-    def encode(self, x: Tensor) -> Tensor:
-        """Physical states ``[B, T, C, H, W]`` -> diffusion variable ``[B, *event_shape(T)]``."""
+_new = alias_moved_module("appa_core.diffusion.denoiser", "appa_core.priors.base", "appa-core", "appa-core")

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from appa_core.grid import Grid
-from appa_core.noise import DiagonalGaussian, NoiseModel
+from appa_core.obs.errors import DiagonalGaussian, NoiseModel
 from appa_core.obs.sparse import CSRMatrix, csr_matmul
 from appa_core.obs.validate import check_times_in_window, to_datetime64
 from appa_core.spec import StateSpec
@@ -298,7 +298,7 @@ class ObsOperator(abc.ABC):
         ``[M]``), in the same order.
 
         A default noise model is recomputed for the selected observations; an explicit one is restricted with
-        :meth:`~appa_core.noise.NoiseModel.subset`.
+        :meth:`~appa_core.obs.errors.NoiseModel.subset`.
         """
         ix = np.asarray(rows)
         if ix.dtype == bool:

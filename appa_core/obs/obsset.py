@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 
 from appa_core.grid import Grid
-from appa_core.noise import BlockDiagonal
 from appa_core.obs.base import ObsOperator
+from appa_core.obs.errors import BlockDiagonal
 from appa_core.spec import StateSpec
 
 __all__ = ["ObsSet"]

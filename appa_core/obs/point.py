@@ -33,8 +33,8 @@ import torch
 from torch import Tensor
 
 from appa_core.grid import Grid
-from appa_core.noise import DiagonalGaussian, NoiseModel
 from appa_core.obs.base import SparseLinearOperator, time_interpolation
+from appa_core.obs.errors import DiagonalGaussian, NoiseModel
 from appa_core.obs.interp import bilinear_weights, nearest_weights, product_stencil_matrix
 from appa_core.obs.validate import (
     broadcast_floats,
@@ -182,7 +182,7 @@ class PointOperator(SparseLinearOperator):
         time: observation times ``[M]`` (``datetime64`` or ISO strings), inside the window at ``prepare``.
         value: observed values ``[M]`` in the variable's units, finite.
         error: observation-error standard deviation per observation (units of ``value``) for the default
-            :class:`~appa_core.noise.DiagonalGaussian` noise.
+            :class:`~appa_core.obs.errors.DiagonalGaussian` noise.
         station_id: identifiers ``[M]`` (metadata only).
         method: horizontal interpolation, ``"bilinear"`` (default) or ``"nearest"``.
     """

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 @hookimpl
 def appa_register_noise_models(registry: Registry) -> None:
-    from appa_core.noise import BlockDiagonal, CorrelatedGaussian, DiagonalGaussian, Huber, StudentT
+    from appa_core.obs.errors import BlockDiagonal, CorrelatedGaussian, DiagonalGaussian, Huber, StudentT
 
     registry.add_noise_model("diagonal_gaussian", DiagonalGaussian)
     registry.add_noise_model("correlated_gaussian", CorrelatedGaussian)

@@ -54,7 +54,7 @@ def appa_register_operators(registry: Registry) -> None:
 
 @hookspec
 def appa_register_noise_models(registry: Registry) -> None:
-    """Register noise models: ``registry.add_noise_model(name, cls)`` (a :class:`~appa_core.noise.NoiseModel`
+    """Register noise models: ``registry.add_noise_model(name, cls)`` (a :class:`~appa_core.obs.errors.NoiseModel`
     subclass or a lazy ``"package.module:Class"`` string)."""
 
 

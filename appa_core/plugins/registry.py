@@ -170,7 +170,7 @@ def _check_component(kind: str, name: str, obj: Any) -> None:
         if not (isinstance(obj, type) and issubclass(obj, ObsOperator)):
             raise TypeError(f"Registry: operator {name!r} must be an ObsOperator subclass, got {obj!r:.100}")
     elif kind == "noise_model":
-        from appa_core.noise import NoiseModel
+        from appa_core.obs.errors import NoiseModel
 
         if not (isinstance(obj, type) and issubclass(obj, NoiseModel)):
             raise TypeError(f"Registry: noise model {name!r} must be a NoiseModel subclass, got {obj!r:.100}")
@@ -267,7 +267,8 @@ class Registry:
         self._add("operator", name, cls, example)
 
     def add_noise_model(self, name: str, cls: type | str) -> None:
-        """Register a :class:`~appa_core.noise.NoiseModel` subclass (or a lazy ``"package.module:Class"`` string)."""
+        """Register a :class:`~appa_core.obs.errors.NoiseModel` subclass (or a lazy ``"package.module:Class"``
+        string)."""
         self._add("noise_model", name, cls)
 
     def add_obs_reader(self, name: str, reader: object) -> None:

@@ -1,4 +1,4 @@
-r"""Latent denoiser training and assembly of the final :class:`~appa_core.prior.Prior`.
+r"""Latent denoiser training and assembly of the final :class:`~appa_core.priors.latent.Prior`.
 
 1. **Encode** the dataset with a trained autoencoder into a latent cache ``latents.safetensors``
    (``latents [N, c, h, w]`` raw encoder outputs, ``times [N]`` int64 ns; the validation split in
@@ -32,7 +32,7 @@ from appa_core.diffusion.schedule import RectifiedSchedule
 from appa_core.nn.autoencoder import Autoencoder
 from appa_core.nn.denoiser import DenoiserConfig, LatentDenoiser
 from appa_core.nn.presets import get_preset
-from appa_core.prior import Prior
+from appa_core.priors.latent import Prior
 from appa_core.train.autoencoder import _standardize, load_autoencoder_run
 from appa_core.train.config import RunConfig, load_config
 from appa_core.train.data import StateData, contiguous_starts, load_splits, sample_generator

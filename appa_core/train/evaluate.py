@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from appa_core.prior import Prior
+from appa_core.priors.latent import Prior
 from appa_core.train.data import StateData, contiguous_starts, load_states
 
 __all__ = ["denoiser_loss_by_sigma", "evaluate_prior", "reconstruction_rmse", "sample_unconditional"]

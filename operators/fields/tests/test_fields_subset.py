@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from appa_core.noise import DiagonalGaussian
+from appa_core.obs.errors import DiagonalGaussian
 from appa_op_fields import MaskedFieldOp, PressureLevelOp
 
 

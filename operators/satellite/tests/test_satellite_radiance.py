@@ -10,7 +10,7 @@ import torch
 from _satellite_setup import state, tiny_setup, tiny_swath
 from scipy.integrate import quad
 
-from appa_core.noise import CorrelatedGaussian, DiagonalGaussian, Huber
+from appa_core.obs.errors import CorrelatedGaussian, DiagonalGaussian, Huber
 from appa_core.spec import StateSpec
 from appa_op_satellite import AMSUA, BlockCorrelatedGaussian, RadianceChannel, RadianceOp, amsua_channels, layer_weights
 

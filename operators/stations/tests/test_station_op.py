@@ -312,7 +312,7 @@ def test_example_is_valid_and_prepares() -> None:
 def test_default_errors_belong_to_the_family_and_the_old_core_path_warns() -> None:
     """The station family owns its per-variable default errors (issue 11: the core holds no family's table); the 0.1
     names appa_core.noise.DEFAULT_ERRORS and default_errors() without a table warn and give the station table."""
-    import appa_core.noise as noise
+    import appa_core.obs.errors as noise
 
     assert DEFAULT_ERRORS["2m_temperature"] == 1.0 and DEFAULT_ERRORS["mean_sea_level_pressure"] == 100.0
     assert "DEFAULT_ERRORS" not in noise.__all__

@@ -423,7 +423,7 @@ def _fake_observing(monkeypatch: pytest.MonkeyPatch, ops: list[Any]) -> None:
 def test_observing_system_gets_the_window_truth_and_noise_override(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from appa_core.noise import Huber
+    from appa_core.obs.errors import Huber
     from appa_op_stations import StationOp
 
     op = StationOp(variable="2m_temperature", lat=[0.0, 40.0], lon=[0.0, 40.0], time=START, value=[0.0, 0.0])

@@ -12,10 +12,10 @@ import torch
 import xarray as xr
 
 from appa_core.data import DEMO_SPEC, TrajectoryWindows, synthetic_wb2
-from appa_core.gaussian import GaussianPrior, LowRankDiag
 from appa_core.grid import Grid
-from appa_core.noise import DiagonalGaussian
 from appa_core.obs import SparseLinearOperator
+from appa_core.obs.errors import DiagonalGaussian
+from appa_core.priors.gaussian import GaussianPrior, LowRankDiag
 from appa_core.sampler import Sampler
 from appa_core.spec import StateSpec
 from appa_core.state import dataset_to_tensor, tensor_to_dataset

@@ -31,8 +31,8 @@ import torch
 from torch import Tensor
 
 from appa_core.grid import Grid
-from appa_core.noise import DiagonalGaussian, NoiseModel
 from appa_core.obs import SparseLinearOperator, time_interpolation
+from appa_core.obs.errors import DiagonalGaussian, NoiseModel
 from appa_core.obs.interp import product_stencil_matrix
 from appa_core.obs.validate import check_finite, check_positive, to_datetime64, to_float_array
 from appa_core.spec import StateSpec

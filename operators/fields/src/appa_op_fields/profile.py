@@ -23,8 +23,8 @@ import attrs
 import numpy as np
 
 from appa_core.grid import Grid
-from appa_core.noise import DiagonalGaussian, NoiseModel, default_errors
 from appa_core.obs import PointOperator
+from appa_core.obs.errors import DiagonalGaussian, NoiseModel, default_errors
 from appa_core.obs.validate import broadcast_floats, check_positive
 from appa_core.spec import StateSpec
 from appa_op_fields.masked import DEFAULT_ERRORS

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from appa_core.noise import DiagonalGaussian, NoiseModel
+from appa_core.obs.errors import DiagonalGaussian, NoiseModel
 
 __all__ = ["BlockCorrelatedGaussian", "channel_correlated_noise"]
 
@@ -84,7 +84,7 @@ class BlockCorrelatedGaussian(NoiseModel):
 
     def subset(self, index: object) -> NoiseModel:
         """Whole footprints keep this type (``n_blocks`` of them); any other selection gives the covariance's
-        sub-matrix (:meth:`appa_core.noise.NoiseModel.subset`)."""
+        sub-matrix (:meth:`appa_core.obs.errors.NoiseModel.subset`)."""
         size, k = self._require_size(), self.block_size
         ix = torch.as_tensor(np.asarray(index))
         if ix.dtype == torch.bool and ix.numel() == size:
@@ -147,7 +147,7 @@ class BlockCorrelatedGaussian(NoiseModel):
 
 def channel_correlated_noise(std: np.ndarray, rho: float, n_footprints: int) -> NoiseModel:
     r"""Noise correlated across the ``K`` channels of each footprint: :math:`S_{ij} = \sigma_i \sigma_j
-    \rho^{|i-j|}`; a :class:`~appa_core.noise.DiagonalGaussian` when :math:`\rho = 0` or ``K = 1``."""
+    \rho^{|i-j|}`; a :class:`~appa_core.obs.errors.DiagonalGaussian` when :math:`\rho = 0` or ``K = 1``."""
     std = np.asarray(std, dtype=np.float64)
     if rho == 0 or std.size == 1:
         return DiagonalGaussian(np.tile(std, n_footprints))

@@ -55,7 +55,7 @@ import attrs
 import numpy as np
 from scipy.special import ndtr
 
-from appa_core.noise import NoiseModel
+from appa_core.obs.errors import NoiseModel
 from appa_core.spec import StateSpec
 from appa_op_satellite._base import FootprintOperator
 from appa_op_satellite._noise import channel_correlated_noise

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import attrs
 import numpy as np
 
-from appa_core.noise import DiagonalGaussian, NoiseModel
+from appa_core.obs.errors import DiagonalGaussian, NoiseModel
 from appa_core.obs.validate import check_positive, to_float_array
 from appa_core.spec import StateSpec
 from appa_op_satellite._base import FootprintOperator

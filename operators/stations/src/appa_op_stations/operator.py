@@ -32,8 +32,8 @@ import attrs
 import numpy as np
 
 from appa_core.grid import Grid
-from appa_core.noise import DiagonalGaussian, NoiseModel, default_errors
 from appa_core.obs import PointOperator, PointStencil
+from appa_core.obs.errors import DiagonalGaussian, NoiseModel, default_errors
 from appa_core.obs.validate import broadcast_floats, check_positive, field_on_grid
 from appa_core.spec import StateSpec
 
@@ -93,7 +93,7 @@ class StationOp(PointOperator):
         level: pressure level in hPa per observation for atmospheric variables (must be a model level);
             ``None``/NaN for surface variables.
         error: observation-error standard deviation per observation (same units as ``value``) for the default
-            :class:`~appa_core.noise.DiagonalGaussian` noise; ``None`` uses :data:`DEFAULT_ERRORS` per variable.
+            :class:`~appa_core.obs.errors.DiagonalGaussian` noise; ``None`` uses :data:`DEFAULT_ERRORS` per variable.
         elevation: station height above sea level, m (``None``: no altitude correction; NaN entries: none for
             that observation). Used for ``2m_temperature`` and ``surface_pressure`` only.
         surface_geopotential: model surface geopotential :math:`\\Phi_s` ``[H, W]`` in m**2 s**-2 (numpy in

@@ -22,9 +22,9 @@ import torch
 from torch import Tensor
 
 from appa_core.grid import Grid
-from appa_core.noise import DiagonalGaussian, NoiseModel
 from appa_core.obs import SparseLinearOperator, time_interpolation
 from appa_core.obs import validate as check
+from appa_core.obs.errors import DiagonalGaussian, NoiseModel
 from appa_core.spec import StateSpec
 
 if TYPE_CHECKING:

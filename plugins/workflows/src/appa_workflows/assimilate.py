@@ -54,10 +54,10 @@ import torch
 import xarray as xr
 from torch import Tensor
 
-from appa_core.diffusion.denoiser import DiffusionPrior
 from appa_core.grid import Grid
 from appa_core.obs.base import ObsOperator
 from appa_core.obs.config import ObsContext
+from appa_core.priors.base import DiffusionPrior
 from appa_core.sampler import Sampler
 from appa_core.spec import StateSpec
 
@@ -201,7 +201,7 @@ class PriorConfig:
     """``[prior]``: the diffusion prior (``path``) or a climatological Gaussian (``kind = "gaussian"``).
 
     Attributes:
-        kind: ``"diffusion"`` (a :class:`~appa_core.prior.Prior` directory, or ``"demo"``) or ``"gaussian"``.
+        kind: ``"diffusion"`` (a :class:`~appa_core.priors.latent.Prior` directory, or ``"demo"``) or ``"gaussian"``.
         path: prior directory or ``"demo"`` (diffusion). device: torch device of the prior and the sampler.
         climatology: ``"demo"`` (the bundled truth slice) or a WeatherBench2 store (gaussian).
         time: ``(start, end)`` selection of the climatology store (inclusive), or ``None`` for all of it.
@@ -577,7 +577,7 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
 def _load_prior(cfg: AssimilateConfig) -> DiffusionPrior:
     pc = cfg.prior
     if pc.kind == "diffusion":
-        from appa_core.prior import Prior
+        from appa_core.priors.latent import Prior
 
         assert pc.path is not None
         if pc.path == "demo":
@@ -610,7 +610,7 @@ def _open_store(cfg: AssimilateConfig, section: str, key: str, value: str, **kwa
 def _gaussian_prior(cfg: AssimilateConfig) -> DiffusionPrior:
     """Climatological ``GaussianPrior`` from ``samples`` evenly spaced windows of ``window`` states."""
     from appa_core.data import DEMO_SPEC
-    from appa_core.gaussian import GaussianPrior
+    from appa_core.priors.gaussian import GaussianPrior
     from appa_core.state import dataset_to_tensor
 
     pc = cfg.prior

@@ -7,9 +7,9 @@ r"""Classical baselines in the same harness as the diffusion prior: climatology,
   ensemble (independent Gaussian draws from the per-point mean and std, for CRPS and spread).
   :func:`load_climatology` reads the one bundled with the package (DEMO_SPEC, from the nature-run training year).
 * :func:`persistence`: the last state of an analysis (or of the truth) repeated at later times.
-* :func:`oi_prior`: the optimal-interpolation baseline's climatological :class:`~appa_core.gaussian.GaussianPrior`
-  (sample mean and low-rank + diagonal sample covariance of training windows), to be run through the very same
-  :class:`~appa_core.sampler.Sampler` as the learned prior.
+* :func:`oi_prior`: the optimal-interpolation baseline's climatological
+  :class:`~appa_core.priors.gaussian.GaussianPrior` (sample mean and low-rank + diagonal sample covariance of
+  training windows), to be run through the very same :class:`~appa_core.sampler.Sampler` as the learned prior.
 
 **Climatology.** For channel :math:`c`, grid point :math:`(h, w)` and hour of day :math:`k`, over the training
 times :math:`\mathcal{T}_k` with that hour (NaNs excluded), with a per-point shift :math:`s` (the first sample, to
@@ -27,7 +27,7 @@ Regenerate the bundled climatology (``appa_workflows/assets/climatology.zarr.zip
 **OI prior.** Training windows of ``window`` consecutive states ``x_i`` ``[T, C, H, W]`` (``N`` of them, evenly spaced
 over the split) give the sample mean :math:`\mu`, the per-element std :math:`s` and the standardized anomalies
 :math:`X = [(x_i - \mu)/s]/\sqrt{N-1}` ``[N, D]``. The covariance is that of
-:meth:`GaussianPrior.from_data(rank=r) <appa_core.gaussian.GaussianPrior.from_data>`: the ``r`` leading principal
+:meth:`GaussianPrior.from_data(rank=r) <appa_core.priors.gaussian.GaussianPrior.from_data>`: the ``r`` leading principal
 components plus the diagonal remainder, :math:`\Sigma = S (F F^\top + \mathrm{diag}(\max(1 - \|F_i\|^2,
 v_{min}))) S`, with :math:`F = X^\top U_r` from the eigenvectors :math:`U_r` of the ``N x N`` Gram matrix
 :math:`X X^\top` (the same :math:`F` as the SVD, computed without holding a second ``[N, D]`` float64 copy).
@@ -52,9 +52,9 @@ from torch import Tensor
 
 from appa_core.data.packing import int16_packing, write_zarr
 from appa_core.data.reader import TimeSelection, open_wb2
-from appa_core.gaussian import GaussianPrior, LowRankDiag
 from appa_core.grid import Grid
 from appa_core.linalg import woodbury_capacitance, woodbury_solve
+from appa_core.priors.gaussian import GaussianPrior, LowRankDiag
 from appa_core.spec import StateSpec
 from appa_core.state import dataset_to_tensor, normalize_layout, tensor_to_dataset
 

@@ -172,7 +172,7 @@ def run_demo(
     (the others are named with the distribution to install).
     """
     from appa_core.data import load_truth_slice
-    from appa_core.prior import Prior
+    from appa_core.priors.latent import Prior
     from appa_core.sampler import Sampler, save_zarr, split_diagnostics
     from appa_core.state import dataset_to_tensor
 
