@@ -143,7 +143,7 @@ def tune_oi(a: argparse.Namespace) -> dict[str, Any]:
             cmd = [
                 sys.executable, str(ROOT / "benchmarks" / "twin.py"), "--truth", a.train, "--train", a.train,
                 "--dates", a.oi_date, "--windows", "24", "--methods", "oi", "--no-forecast", "--members", "8",
-                "--steps", "16", "--tol", "3e-2", "--warm-start", "off", "--threads", "1",
+                "--steps", "16", "--tol", "3e-2", "--oi-warm-start", "off", "--threads", "1",
                 "--oi-rank", str(rank), "--oi-samples", str(n),
                 "--cache", str(a.cache / "oi"), "--docs", str(docs),
             ]  # fmt: skip

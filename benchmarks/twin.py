@@ -128,8 +128,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tol", type=float, default=3e-2, help="MMPS relative tolerance, adaptive iterations (0: fixed)")
     p.add_argument(
         "--warm-start", choices=["on", "off"], default="on",
-        help="start each MMPS / OI solve from the previous step's solution (Sampler.warm_start)",
+        help="start each of the prior's MMPS solves from the previous step's solution (Sampler.warm_start)",
     )  # fmt: skip
+    p.add_argument("--oi-warm-start", choices=["on", "off"], default="on", help="the same for OI's solves")
     p.add_argument(
         "--forecast-mode",
         default="continue",
@@ -201,9 +202,9 @@ def prior_hash(path: Path) -> str:
     return h.hexdigest()
 
 
-def _warm(a: argparse.Namespace) -> str:
+def _warm(a: argparse.Namespace, field: str = "warm_start") -> str:
     """Cache-key suffix of the MMPS warm start (runs cached before it existed are the ``off`` ones)."""
-    return "-w" if getattr(a, "warm_start", "on") == "on" else ""
+    return "-w" if getattr(a, field, "on") == "on" else ""
 
 
 def method_key(a: argparse.Namespace, method: str, phash: str = "") -> str:
@@ -212,7 +213,7 @@ def method_key(a: argparse.Namespace, method: str, phash: str = "") -> str:
     if method == "oi":
         return (
             f"oi-w{a.oi_window}-r{a.oi_rank}-n{a.oi_samples}-{a.sampler}{a.steps}-m{a.members}-cg{a.oi_cg_iters}"
-            f"-t{a.tol:g}-s{a.seed}{_warm(a)}"
+            f"-t{a.tol:g}-s{a.seed}{_warm(a, 'oi_warm_start')}"
         )
     if method == "unconditioned":
         return f"uncond-{phash[:10]}-{a.sampler}{a.steps}-m{a.members}-s{a.seed}"
@@ -391,7 +392,7 @@ class Runner:
             return Sampler(
                 self.oi, steps=a.steps, sampler=a.sampler, solver="cg",
                 cg_iters=a.oi_cg_iters or (None if a.tol else 4), cg_tol=a.tol or None, strategy=strategy,
-                warm_start=a.warm_start == "on", progress=False,
+                warm_start=a.oi_warm_start == "on", progress=False,
             )  # fmt: skip
         return Sampler(
             self.prior, steps=a.steps, sampler=a.sampler, solver="gmres",
@@ -956,7 +957,7 @@ def write_report(r: Runner, rows: list[dict[str, Any]], walls: dict[str, list[fl
     extra = f" --budget-min {a.budget_min:g}" if a.budget_min else ""
     extra += f" --dates {' '.join(a.dates)} --windows {' '.join(map(str, a.windows))} --lead-hours {a.lead_hours}"
     extra += f" --members {a.members} --steps {a.steps} --gmres-iters {a.gmres_iters} --tol {a.tol:g}"
-    extra += f" --warm-start {a.warm_start}"
+    extra += f" --warm-start {a.warm_start} --oi-warm-start {a.oi_warm_start}"
     extra += f" --oi-rank {a.oi_rank} --oi-samples {a.oi_samples}"
     extra += " --truth NATURERUN_HELDOUT.zarr --train NATURERUN_TRAIN.zarr"
     w(
