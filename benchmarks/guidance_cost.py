@@ -464,7 +464,7 @@ def main() -> None:
             f"{worst:.1e}, {sum(r.iterations for r in reps)} iterations)"
         )
         ks = [2, 4, 8]
-        rows = measure(prob, configs(prob, ks, [1e-1, 3e-2, 1e-2], 32, cold=False), a.demo_repeats)
+        rows = measure(prob, configs(prob, ks, [1e-1, 3e-2, 1e-2], 32), a.demo_repeats)
         results["Demo latent prior"] = {
             "problem": {"description": f"bundled demo prior, K = 8 states (latent [8, 24, 24, 48]), {a.demo_obs} point "
                         f"observations of the decoded truth (noise 0.3 field std), 2 members, LMS {a.demo_steps} steps",
