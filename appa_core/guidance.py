@@ -175,7 +175,7 @@ class MMPS:
             models only); ``None``: the exact diagonal, one product per observation (small problems, tests).
         warm_start: start each solve from the previous call's solution (passed as ``warm`` to :meth:`guide`; one
             extra product for the initial residual, repaid many times with a tolerance). With ``tol=None`` (fixed
-            iterations) it changes the result, not the cost.
+            iterations) it changes the result, not the iteration count.
     """
 
     solver: str = "gmres"

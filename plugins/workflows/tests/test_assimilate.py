@@ -210,6 +210,7 @@ BAD_CONFIGS = [
     (lambda c: c["task"].update(qc={"k": -1}), r"\[task\] key 'qc' .* invalid quality-control settings: QC: field 'k'"),
     (lambda c: c["task"].update(tol="none"), r"\[task\] key 'tol' has value 'none'; fixed iterations need 'iters'"),
     (lambda c: c["task"].update(qc="off"), r"\[task\] key 'qc' has value 'off'; must be false or a table of QC"),
+    (lambda c: c["task"].update(warm_start="yes"), r"\[task\] key 'warm_start' has value 'yes'; must be true or false"),
 ]
 
 
