@@ -22,8 +22,8 @@ solved by CG or GMRES (:mod:`appa_core.linalg`) in float64, symmetrically scaled
 and an iteration cap (adaptive by default: iterate to the tolerance; iterations and residuals are reported).
 Each solve starts from the previous call's solution :math:`u` (``warm_start``, on by default; the sampler's
 calls follow one trajectory, along which :math:`u` changes slowly): with a tolerance, the solve then stops after
-the few iterations that the change needs. On the calibration Gaussian problem (D = 1024, 200 observations, LMS 24
-steps) this reaches the final-sample error of 16 cold GMRES iterations with 3.7x fewer operator products
+the few iterations that the change needs. On a Gaussian problem (D = 1024, 200 observations, LMS 24 steps) this
+reaches the final-sample error of 16 cold GMRES iterations with 2.7x fewer operator products
 (``benchmarks/guidance_cost.py``).
 Robust noise models enter through IRLS weights :math:`w = \psi(u)/u` of the residual :math:`r = y -
 \mathcal{A}(\hat z)` standardised by the **full innovation variance**, :math:`u_i = r_i / \sqrt{R_{ii} + b_{ii}}`

@@ -136,8 +136,8 @@ class Sampler:
             iterations, no convergence check, as Appa's 2 GMRES iterations). Iterations and residuals of every
             solve are reported (:attr:`PosteriorSample.solve`, ``ds.attrs["appa_solve"]``).
         warm_start: start each MMPS solve from the previous diffusion step's solution (default; with a tolerance
-            it cuts the solver's products 2-4x at equal error, ``docs/benchmarks.md``); ``False``: every solve
-            starts from zero, as azula and Appa do.
+            it needs 2-2.7x fewer products than cold solves for the same final error on the benchmark's Gaussian
+            problem, ``docs/benchmarks.md``); ``False``: every solve starts from zero, as azula and Appa do.
 
     **Calibrated defaults.** On a linear-Gaussian problem (37 observations, D = 120, 1000 members,
     ``benchmarks/calibration.py``) the defaults (third-order LMS, 24 steps on the rectified schedule, 24
