@@ -834,31 +834,36 @@ def solve_curve(r: Runner) -> str:
     whatever ``--gmres-iters`` variants are in the cache: how much of the gap to OI the capped solve explains."""
     a = r.a
     date = a.dates[0]
-    pattern = method_key(a, "prior", r.phash).replace(f"-g{a.gmres_iters}-", "-g*-")
+    cold = argparse.Namespace(**{**vars(a), "warm_start": "off"})
     found = []
-    for d in sorted(a.cache.glob(pattern)):
-        p = d / f"{date}_dense_r24.zarr"
-        g = d.name.split("-g")[-1].split("-")[0]
-        if p.exists() and g.isdigit():
-            found.append((int(g), p))
+    for warm, ns in (("no", cold), ("yes", argparse.Namespace(**{**vars(a), "warm_start": "on"}))):
+        pattern = method_key(ns, "prior", r.phash).replace(f"-g{a.gmres_iters}-", "-g*-")
+        for d in sorted(a.cache.glob(pattern)):
+            p = d / f"{date}_dense_r24.zarr"
+            g = d.name.split("-g")[-1].split("-")[0]
+            if p.exists() and g.isdigit() and d.name.endswith("-w") == (warm == "yes"):
+                found.append((warm, int(g), p))
     if len(found) < 2:
         return ""
     _, _, _, tds = r.truth.get(date)
     lines = [
         f"\n## Dense observations: the prior against its solve's iteration cap ({date}, 24-h reanalysis)\n",
         "RMSE of the 8-member mean with the GMRES cap of the MMPS solve raised (same tolerance, seeds and "
-        "observations; `--gmres-iters`), and the normalized innovation RMS of the stations (1 is a fit within the "
-        "observation error). Wall time on the shared machine.\n",
-        "| GMRES cap | " + " | ".join(f"{k} ({SCORED[k][3]})" for k in SCORED) + " | stations' innovation | wall (s) |",
-        "|---" * (len(SCORED) + 3) + "|",
+        "observations; `--gmres-iters`), with solves from zero (warm start no, `--warm-start off`) and from the "
+        "previous step's solution (yes, the default; one more product per call), and the normalized innovation "
+        "RMS of the stations (1 is a fit within the observation error). Wall time on the shared machine.\n",
+        "| warm start | GMRES cap | "
+        + " | ".join(f"{k} ({SCORED[k][3]})" for k in SCORED)
+        + " | stations' innovation | wall (s) |",
+        "|---" * (len(SCORED) + 4) + "|",
     ]
-    for g, p in sorted(found):
+    for warm, g, p in sorted(found):
         ds = xr.open_zarr(p).load()
         sc = score(ds, tds)
         cells = [_fmt(float(np.sqrt(np.mean(sc[k]["mse"])))) for k in SCORED]  # score() is in display units
         st = json.loads(ds.attrs.get("innovation_rms_in_std", "{}")).get("stations")
         wall = float(ds.attrs.get("wall_s", "nan"))
-        lines.append(f"| {g} | " + " | ".join(cells) + f" | {_fmt(st)} | {wall:.0f} |")
+        lines.append(f"| {warm} | {g} | " + " | ".join(cells) + f" | {_fmt(st)} | {wall:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -1074,7 +1079,9 @@ def write_report(r: Runner, rows: list[dict[str, Any]], walls: dict[str, list[fl
         "* The prior is the bundled demo prior (2.45M parameters, autoencoder + denoiser trained 64 min on 2 CPU "
         "cores, docs/training.md). Its autoencoder bounds what any posterior can reach (the `ae_floor` row). The "
         f"sampler runs {a.steps} {a.sampler} steps with MMPS guidance whose GMRES solve is capped at "
-        f"{a.gmres_iters} iterations (tolerance {a.tol:g}): with dense observations the solve stops far from its "
+        f"{a.gmres_iters} iterations (tolerance {a.tol:g}"
+        + (", each solve started from the previous step's solution" if a.warm_start == "on" else ", from zero")
+        + "): with dense observations the solve stops far from its "
         "tolerance, so the posterior under-fits the observations (normalized innovation RMS in each run's "
         "attributes); the forecasts come from the denoiser's learned dynamics, whose 6-h tendencies are too large "
         "(docs/training.md).\n"
