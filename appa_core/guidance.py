@@ -766,7 +766,7 @@ def _failure_message(reports: list[GuidanceReport], calls: int, guidance: object
     return (
         f"MMPS: the {solver} solve did not reach tol={tol} in {len(reports)} of {calls} guided denoiser calls; "
         f"worst at {worst.where}: relative residual {worst.residual:.3g} after {worst.iterations} iterations; "
-        f"per-operator relative residuals {{{ops}}}. Raise cg_iters (or use solver='gmres' for learned priors)."
+        f"per-operator relative residuals {{{ops}}}. Raise solver_iters (or use solver='gmres' for learned priors)."
     )
 
 

@@ -28,6 +28,7 @@ writes atomically.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -130,9 +131,9 @@ class Sampler:
             ``corrections``, ``delta``) or ``"ddim"`` (``eta``).
         guidance: ``"mmps"``, ``"dps"`` (``zeta``) or ``"none"``.
         solver: ``"gmres"`` (default, robust for learned denoisers whose Jacobian is not symmetric) or ``"cg"``.
-        cg_iters: iteration cap of the MMPS solve (GMRES or CG); ``None`` (default): adaptive, iterate until
-            ``cg_tol`` is met (at most :data:`~appa_core.guidance.ADAPTIVE_MAXITER`). cg_tol: the relative
-            tolerance on the residual in units of observation-error std (``None``: exactly ``cg_iters``
+        solver_iters: iteration cap of the MMPS solve (GMRES or CG); ``None`` (default): adaptive, iterate until
+            ``solver_tol`` is met (at most :data:`~appa_core.guidance.ADAPTIVE_MAXITER`). solver_tol: the relative
+            tolerance on the residual in units of observation-error std (``None``: exactly ``solver_iters``
             iterations, no convergence check, as Appa's 2 GMRES iterations). Iterations and residuals of every
             solve are reported (:attr:`PosteriorSample.solve`, ``ds.attrs["appa_solve"]``).
         warm_start: start each MMPS solve from the previous diffusion step's solution (default; with a tolerance
@@ -178,8 +179,8 @@ class Sampler:
     sampler: str = "lms"
     guidance: str = "mmps"
     solver: str = "gmres"
-    cg_iters: int | None = None
-    cg_tol: float | None = 1e-2
+    solver_iters: int | None = None
+    solver_tol: float | None = 1e-2
     irls: bool = True
     probes: int | None = 8
     warm_start: bool = True
@@ -211,14 +212,16 @@ class Sampler:
             raise ValueError(f"Sampler: field 'on_failure' has value {self.on_failure!r}")
         if self.steps < 1:
             raise ValueError(f"Sampler: field 'steps' has value {self.steps}; must be >= 1")
-        if self.cg_iters is None and self.cg_tol is None:
+        if self.solver_iters is None and self.solver_tol is None:
             raise ValueError(
-                "Sampler: fields 'cg_iters' and 'cg_tol' are both None; give a tolerance or an iteration count"
+                "Sampler: fields 'solver_iters' and 'solver_tol' are both None; give a tolerance or an iteration count"
             )
         if self.batch is not None and (isinstance(self.batch, bool) or int(self.batch) < 1):
             raise ValueError(f"Sampler: field 'batch' has value {self.batch!r}; must be >= 1 or None (all members)")
-        if self.cg_iters is not None and self.cg_iters < 1:
-            raise ValueError(f"Sampler: field 'cg_iters' has value {self.cg_iters}; must be >= 1 or None (adaptive)")
+        if self.solver_iters is not None and self.solver_iters < 1:
+            raise ValueError(
+                f"Sampler: field 'solver_iters' has value {self.solver_iters}; must be >= 1 or None (adaptive)"
+            )
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -242,8 +245,8 @@ class Sampler:
         if self.guidance == "mmps":
             return MMPS(
                 solver=self.solver,
-                maxiter=self.cg_iters,
-                tol=self.cg_tol,
+                maxiter=self.solver_iters,
+                tol=self.solver_tol,
                 irls=self.irls,
                 probes=self.probes,
                 warm_start=self.warm_start,
@@ -671,7 +674,7 @@ class Sampler:
         ds.attrs["appa_sampler"] = json.dumps(
             {
                 "steps": self.steps, "sampler": self.sampler, "guidance": self.guidance, "solver": self.solver,
-                "cg_iters": self.cg_iters, "cg_tol": self.cg_tol, "warm_start": self.warm_start,
+                "solver_iters": self.solver_iters, "solver_tol": self.solver_tol, "warm_start": self.warm_start,
                 "strategy": self.strategy,
                 "unconverged_solves": res.unconverged, "members": int(res.members or n_mine),
                 "denoiser_calls": res.calls,
@@ -686,6 +689,58 @@ class Sampler:
         if res.qc is not None:
             ds.attrs["appa_qc"] = json.dumps(res.qc.counts())
         return ds
+
+
+#: 0.1's names of the solve's fields (they configure GMRES as well as CG): accepted for one release, with a warning.
+_RENAMED_FIELDS = {"cg_iters": "solver_iters", "cg_tol": "solver_tol"}
+
+
+def _renamed(old: str) -> property:
+    new = _RENAMED_FIELDS[old]
+
+    def warn() -> None:
+        warnings.warn(
+            f"Sampler: field {old!r} is deprecated and will be removed in the next release; use {new!r}",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+
+    def get(self: Sampler) -> object:
+        warn()
+        return getattr(self, new)
+
+    def set_(self: Sampler, value: object) -> None:
+        warn()
+        setattr(self, new, value)
+
+    return property(get, set_, doc=f"Deprecated alias of :attr:`{new}`.")
+
+
+def _init_accepting_renamed_fields(init):  # type: ignore[no-untyped-def]
+    """Wrap the attrs ``__init__`` of :class:`Sampler` so that ``Sampler(prior, cg_iters=2, cg_tol=None)`` (0.1) still
+    works, with a :class:`DeprecationWarning` naming the new field."""
+
+    def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        for old, new in _RENAMED_FIELDS.items():
+            if old in kwargs:
+                if new in kwargs:
+                    raise TypeError(f"Sampler: give {new!r} only ({old!r} is its deprecated name)")
+                warnings.warn(
+                    f"Sampler: field {old!r} is deprecated and will be removed in the next release; use {new!r}",
+                    DeprecationWarning,
+                    stacklevel=2,
+                )
+                kwargs[new] = kwargs.pop(old)
+        init(self, *args, **kwargs)
+
+    __init__.__doc__ = init.__doc__
+    __init__.__signature__ = inspect.signature(init)  # type: ignore[attr-defined]
+    return __init__
+
+
+Sampler.__init__ = _init_accepting_renamed_fields(Sampler.__init__)  # type: ignore[method-assign]
+for _old in _RENAMED_FIELDS:
+    setattr(Sampler, _old, _renamed(_old))
 
 
 def member_batches(members: int, batch: int | None) -> list[slice]:

@@ -118,7 +118,7 @@ def solves(members: int) -> int:
     print("| solve | warm start | GMRES iterations (mean / max) | variance ratio | mean error (posterior std) |")
     print("|---|---|---|---|---|")
     for iters, tol, warm in settings:
-        r = measure(prior, op, post, members, cg_iters=iters, cg_tol=tol, warm_start=warm)
+        r = measure(prior, op, post, members, solver_iters=iters, solver_tol=tol, warm_start=warm)
         label = f"{iters} fixed" if tol is None else f"tol {tol:g}"
         print(
             f"| {label} | {'yes' if warm else 'no'} | {r['mean_iterations']:.1f} / {r['max_iterations']:.0f} "
@@ -148,12 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     for sched_name, schedule in (("loglinear", LogLinearSchedule()), ("rectified", RectifiedSchedule())):
         prior, op, post = problem(schedule)
         for name, steps in samplers:
-            r = measure(prior, op, post, a.members, sampler=name, steps=steps, cg_iters=None, cg_tol=1e-6)
+            r = measure(prior, op, post, a.members, sampler=name, steps=steps, solver_iters=None, solver_tol=1e-6)
             rows.append({"schedule": sched_name, "sampler": name, "steps": steps, "solve": "tol 1e-6", **r})
             print(json.dumps(rows[-1]), flush=True)
         for iters, tol in ((2, None), (16, None), (None, 1e-2), (None, 1e-3), (None, 1e-4)):
             label = f"{iters} fixed" if tol is None else f"tol {tol:g}"
-            r = measure(prior, op, post, a.members, sampler="heun", steps=16, cg_iters=iters, cg_tol=tol)
+            r = measure(prior, op, post, a.members, sampler="heun", steps=16, solver_iters=iters, solver_tol=tol)
             rows.append({"schedule": sched_name, "sampler": "heun", "steps": 16, "solve": label, **r})
             print(json.dumps(rows[-1]), flush=True)
     print("\n| schedule | sampler | steps | calls/member | solve | variance ratio | mean error (post. std) |")

@@ -391,13 +391,13 @@ class Runner:
         if method == "oi":
             return Sampler(
                 self.oi, steps=a.steps, sampler=a.sampler, solver="cg",
-                cg_iters=a.oi_cg_iters or (None if a.tol else 4), cg_tol=a.tol or None, strategy=strategy,
+                solver_iters=a.oi_cg_iters or (None if a.tol else 4), solver_tol=a.tol or None, strategy=strategy,
                 warm_start=a.oi_warm_start == "on", progress=False,
             )  # fmt: skip
         return Sampler(
             self.prior, steps=a.steps, sampler=a.sampler, solver="gmres",
-            cg_iters=a.gmres_iters or (None if a.tol else 2), cg_tol=a.tol or None, warm_start=a.warm_start == "on",
-            guidance="mmps" if guided else "none", strategy=strategy, progress=False,
+            solver_iters=a.gmres_iters or (None if a.tol else 2), solver_tol=a.tol or None,
+            warm_start=a.warm_start == "on", guidance="mmps" if guided else "none", strategy=strategy, progress=False,
         )  # fmt: skip
 
     # -------------------------------------------------------------- cached sampled runs

@@ -77,7 +77,7 @@ def _problem(kind: str) -> tuple[Sampler, list[PointPick], int]:
     h, w = prior.grid.shape
     d = n * h * w
     ops = [PointPick(index=[3, d + 7, 2 * d + 11], obs=[270.0, 275.0, 280.0], noise=DiagonalGaussian(1.0), name="s")]
-    smp = Sampler(prior, steps=3, cg_tol=None, cg_iters=2, progress=False, batch=2, qc=None)
+    smp = Sampler(prior, steps=3, solver_tol=None, solver_iters=2, progress=False, batch=2, qc=None)
     return smp, ops, 3
 
 

@@ -107,7 +107,9 @@ def test_guided_sampler_follows_the_exact_posterior_path() -> None:
     obs = _problem(prior)
     post = prior.condition(obs.matrix(), obs.values, obs.noise.dense_cov())
     for name in ("pc", "ddim", "lms"):
-        smp = Sampler(prior, steps=6, sampler=name, eta=1.0, solver="cg", cg_iters=200, cg_tol=1e-12, progress=False)
+        smp = Sampler(
+            prior, steps=6, sampler=name, eta=1.0, solver="cg", solver_iters=200, solver_tol=1e-12, progress=False
+        )
         res = smp.sample(obs=list(obs), start=T0, length=prior.window, members=3, seed=7)
         g = member_generators(7, range(3))  # one stream per member, seeded by (seed, member)
         sigmas = sigma_grid(prior.schedule, 6)
@@ -139,10 +141,10 @@ def test_nonfinite_residual_names_the_operator() -> None:
 def test_unconverged_solve_is_reported() -> None:
     prior = _priors()[0]
     obs = _problem(prior)
-    smp = Sampler(prior, steps=3, sampler="ddim", solver="cg", cg_iters=1, cg_tol=1e-8, progress=False)
+    smp = Sampler(prior, steps=3, sampler="ddim", solver="cg", solver_iters=1, solver_tol=1e-8, progress=False)
     with pytest.warns(RuntimeWarning, match=r"did not reach tol=1e-08 in 3 of 3 .* worst at step \d.*picks"):
         smp.sample(obs=obs, start=T0, length=2, members=2, seed=0)
-    smp = Sampler(prior, steps=3, sampler="ddim", cg_iters=1, cg_tol=1e-8, on_failure="raise", progress=False)
+    smp = Sampler(prior, steps=3, sampler="ddim", solver_iters=1, solver_tol=1e-8, on_failure="raise", progress=False)
     with pytest.raises(GuidanceError, match=r"gmres solve did not reach tol=1e-08 .* step 0"):
         smp.sample(obs=obs, start=T0, length=2, members=2, seed=0)
 
@@ -217,7 +219,7 @@ def test_wind_speed_posterior_matches_importance_sampling() -> None:
     prior = GaussianPrior(mean, cov, grid, SPEC, DT)
     where = np.array([[0, 0, 0], [0, 1, 1], [0, 0, 1]])
     op = WindSpeed(where=where, obs=[11.0, 7.0, 9.5], noise=DiagonalGaussian(0.5), name="wspd")
-    smp = Sampler(prior, steps=64, sampler="lms", solver="gmres", cg_iters=20, cg_tol=1e-10, progress=False)
+    smp = Sampler(prior, steps=64, sampler="lms", solver="gmres", solver_iters=20, solver_tol=1e-10, progress=False)
     res = smp.sample(obs=[op], start=T0, length=1, members=2000, seed=1)
     x = res.x.reshape(2000, -1)
     # importance sampling reference

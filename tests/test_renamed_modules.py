@@ -47,3 +47,28 @@ def test_the_priors_package_and_the_old_reexports_agree() -> None:
     assert issubclass(Prior, DiffusionPrior) and issubclass(GaussianPrior, DiffusionPrior)
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         priors.Nope  # noqa: B018
+
+
+def test_sampler_solve_fields_renamed_with_the_old_names_kept() -> None:
+    """``cg_iters`` / ``cg_tol`` configured GMRES too (issue #11): they are ``solver_iters`` / ``solver_tol`` now;
+    the 0.1 keywords and attributes still work for one release, with a DeprecationWarning naming the new field."""
+    import torch
+
+    from appa_core import GaussianPrior, Sampler
+    from appa_core.grid import Grid
+    from appa_core.spec import StateSpec
+
+    spec = StateSpec(surface=("2m_temperature",))
+    prior = GaussianPrior(torch.zeros(1, 1, 2, 3, dtype=torch.float64), torch.eye(6, dtype=torch.float64),
+                          Grid.equiangular(2, 3), spec)  # fmt: skip
+    with pytest.warns(DeprecationWarning, match=r"field 'cg_iters' is deprecated .* use 'solver_iters'"):
+        s = Sampler(prior, cg_iters=2, solver_tol=None)
+    assert s.solver_iters == 2 and s.solver_tol is None
+    with pytest.warns(DeprecationWarning, match=r"field 'cg_tol' is deprecated .* use 'solver_tol'"):
+        assert Sampler(prior, cg_tol=3e-2).solver_tol == 3e-2
+    with pytest.warns(DeprecationWarning, match="use 'solver_iters'"):
+        assert s.cg_iters == 2
+    with pytest.raises(TypeError, match="give 'solver_iters' only"):
+        Sampler(prior, cg_iters=2, solver_iters=3)
+    with pytest.raises(ValueError, match="field 'solver_iters' has value 0"):
+        Sampler(prior, solver_iters=0)

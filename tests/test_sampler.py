@@ -73,7 +73,7 @@ def test_ensemble_matches_kalman_posterior() -> None:
     obs = ObsSet(ops).prepare(grid, SPEC, window_times(2))
     post = prior.condition(obs.matrix(), obs.values, obs.noise.dense_cov())
     n = 400
-    smp = Sampler(prior, steps=48, sampler="lms", solver="cg", cg_iters=100, cg_tol=1e-9, progress=False)
+    smp = Sampler(prior, steps=48, sampler="lms", solver="cg", solver_iters=100, solver_tol=1e-9, progress=False)
     res = smp.sample(obs=obs, start=T0, length=2, members=n, seed=0)
     e = _whitened(res.x.reshape(n, -1), post.mean.reshape(-1), post.dense_cov())
     d = e.shape[1]
@@ -121,7 +121,9 @@ def test_blankets_on_a_markov_prior() -> None:
     grid, prior, full, op = _blanket_setup(rho=0.8, k=5, length=11)
     obs = ObsSet([op]).prepare(grid, SPEC, window_times(11))
     post = full.condition(obs.matrix(), obs.values, obs.noise.dense_cov())
-    smp = Sampler(prior, steps=24, sampler="lms", solver="cg", cg_iters=100, cg_tol=1e-8, overlap=3, progress=False)
+    smp = Sampler(
+        prior, steps=24, sampler="lms", solver="cg", solver_iters=100, solver_tol=1e-8, overlap=3, progress=False
+    )
     x = smp.sample(obs=[op], start=T0, length=11, members=400, seed=0).x.reshape(400, -1)
     sd = post.dense_cov().diagonal().sqrt()
     err = (x.mean(0) - post.mean.reshape(-1)).abs() / sd
@@ -152,7 +154,7 @@ def test_autoregressive_forecast_matches_exact_conditional() -> None:
     obs = ObsSet([op]).prepare(grid, SPEC, window_times(10))
     post = full.condition(obs.matrix(), obs.values, obs.noise.dense_cov())
     smp = Sampler(
-        prior, steps=32, sampler="lms", solver="cg", cg_iters=100, cg_tol=1e-6,
+        prior, steps=32, sampler="lms", solver="cg", solver_iters=100, solver_tol=1e-6,
         strategy="autoregressive", ar_context=2, context_std=1e-2, progress=False,
     )  # fmt: skip
     x = smp.sample(obs=[op], start=T0, length=10, members=400, seed=0).x.reshape(400, -1)
@@ -176,7 +178,7 @@ def test_context_states_condition_the_window() -> None:
     n_ctx = ctx[0].numel()
     post = full.condition(torch.eye(full.dim, dtype=F64)[:n_ctx], ctx.reshape(-1), torch.full((n_ctx,), 1e-8))
     smp = Sampler(
-        full, steps=24, sampler="lms", solver="cg", cg_iters=200, cg_tol=1e-8, context_std=1e-4, progress=False
+        full, steps=24, sampler="lms", solver="cg", solver_iters=200, solver_tol=1e-8, context_std=1e-4, progress=False
     )
     res = smp.sample(start=T0 + 2 * DT, length=2, members=300, seed=0, context=ctx[0])
     assert res.x.shape == (300, 2, 3, *grid.shape) and res.times[0] == T0 + 2 * DT
@@ -211,10 +213,10 @@ def test_sampler_config_validation() -> None:
         Sampler(prior, guidance="exact")
     with pytest.raises(ValueError, match=r"make_sampler: field 'sampler' has value 'euler'"):
         Sampler(prior, sampler="euler")
-    with pytest.raises(ValueError, match=r"Sampler: fields 'cg_iters' and 'cg_tol' are both None"):
-        Sampler(prior, cg_iters=None, cg_tol=None)
-    with pytest.raises(ValueError, match=r"Sampler: field 'cg_iters' has value 0"):
-        Sampler(prior, cg_iters=0)
+    with pytest.raises(ValueError, match=r"Sampler: fields 'solver_iters' and 'solver_tol' are both None"):
+        Sampler(prior, solver_iters=None, solver_tol=None)
+    with pytest.raises(ValueError, match=r"Sampler: field 'solver_iters' has value 0"):
+        Sampler(prior, solver_iters=0)
     with pytest.raises(ValueError, match=r"Sampler.posterior: field 'members' has value 2.7; must be a whole number"):
         Sampler(prior, progress=False).sample(start=T0, length=2, members=2.7)  # was silently 2
     with pytest.raises(ValueError, match=r"field 'start' and one of 'hours', 'duration' or 'length' \(states\)"):
@@ -263,7 +265,7 @@ def test_latent_prior_posterior_through_the_decoder() -> None:
     d = (k + 2) * n * prior.grid.shape[0] * prior.grid.shape[1]
     op = PointPick(index=np.arange(0, d, d // 30)[:30], obs=np.full(30, 280.0), noise=DiagonalGaussian(1.0), name="p")
     for strategy in ("blanket", "autoregressive"):
-        smp = Sampler(prior, steps=2, cg_iters=2, cg_tol=None, strategy=strategy, progress=False)
+        smp = Sampler(prior, steps=2, solver_iters=2, solver_tol=None, strategy=strategy, progress=False)
         ds = smp.posterior(obs=[op], start=T0, length=k + 2, members=2, seed=0)
         assert ds.sizes["time"] == k + 2 and ds.sizes["member"] == 2
         assert np.isfinite(ds["obs_p_innovation"].values).all()
@@ -286,7 +288,7 @@ def test_default_sampler_is_calibrated_on_a_gaussian_problem() -> None:
     obs = ObsSet([op]).prepare(grid, SPEC, window_times(2))
     post = prior.condition(obs.matrix(), obs.values, obs.noise.dense_cov())
     smp = Sampler(prior, progress=False)
-    assert (smp.sampler, smp.steps, smp.cg_iters, smp.cg_tol) == ("lms", 24, None, 1e-2)
+    assert (smp.sampler, smp.steps, smp.solver_iters, smp.solver_tol) == ("lms", 24, None, 1e-2)
     n = 1000
     res = smp.sample(obs=obs, start=T0, length=2, members=n, seed=0)
     x = res.x.reshape(n, -1)

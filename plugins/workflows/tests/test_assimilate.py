@@ -149,7 +149,13 @@ def test_toml_and_yaml_configs_are_equivalent(tmp_path: Path) -> None:
     assert a.to_dict() == b.to_dict() == json.loads(json.dumps(cfg))
     assert a.window.start == np.datetime64(START, "ns")
     assert a.task.kind == "forecast" and a.task.horizon == 12.0 and a.task.members == 3 and a.task.seed == 7
-    assert a.task.sampler == {"steps": 5, "strategy": "autoregressive", "solver": "cg", "cg_iters": 4, "cg_tol": None}
+    assert a.task.sampler == {
+        "steps": 5,
+        "strategy": "autoregressive",
+        "solver": "cg",
+        "solver_iters": 4,
+        "solver_tol": None,
+    }
     assert [o.source for o in a.observations] == ["reader", "operator"]
     assert a.observations[0].noise == {"kind": "huber", "std": 1.0, "c": 1.345}
     assert a.observations[1].simulate and a.observations[1].params["lat"] == [10.0, 20.0]

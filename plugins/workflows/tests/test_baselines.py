@@ -256,7 +256,7 @@ def test_oi_posterior_mean_beats_the_prior_mean() -> None:
         return float((((x.reshape(-1) - flat) / scale) ** 2).mean().sqrt())
 
     exact = oi.condition(op.prepare(OI_GRID, OI_SPEC, times).matrix(), y, std**2).mean
-    sampler = Sampler(oi, steps=24, sampler="ddim", solver="cg", cg_iters=64, cg_tol=1e-8, progress=False)
+    sampler = Sampler(oi, steps=24, sampler="ddim", solver="cg", solver_iters=64, solver_tol=1e-8, progress=False)
     post = sampler.posterior(obs=[op], start=times[0], length=2, members=16, seed=0)
     x_post, _, _ = dataset_to_tensor(post.mean("member"), OI_SPEC)
     e_prior, e_exact, e_post = err(oi.mean), err(exact), err(x_post.double())

@@ -86,8 +86,8 @@ _PRIOR_GAUSSIAN_KEYS = (
 _WINDOW_KEYS = ("start", "length", "hours")
 #: ``[task]`` keys passed to :class:`~appa_core.sampler.Sampler` (config name -> Sampler field).
 SAMPLER_KEYS: dict[str, str] = {
-    "steps": "steps", "sampler": "sampler", "guidance": "guidance", "solver": "solver", "iters": "cg_iters",
-    "tol": "cg_tol", "irls": "irls", "strategy": "strategy", "overlap": "overlap", "ar_context": "ar_context",
+    "steps": "steps", "sampler": "sampler", "guidance": "guidance", "solver": "solver", "iters": "solver_iters",
+    "tol": "solver_tol", "irls": "irls", "strategy": "strategy", "overlap": "overlap", "ar_context": "ar_context",
     "corrections": "corrections", "delta": "delta", "eta": "eta", "order": "order", "churn": "churn", "zeta": "zeta",
     "on_failure": "on_failure", "context_std": "context_std", "batch": "batch", "warm_start": "warm_start",
 }  # fmt: skip
@@ -452,18 +452,18 @@ def _parse_task(table: dict[str, Any], *, has_truth: bool) -> TaskConfig:
     for key, field in SAMPLER_KEYS.items():
         if key in table:
             sampler[field] = table[key]
-    for key in ("steps", "cg_iters", "corrections", "order", "batch"):
+    for key in ("steps", "solver_iters", "corrections", "order", "batch"):
         if key in sampler:
             name = next(k for k, f in SAMPLER_KEYS.items() if f == key)
             sampler[key] = _int("task", name, sampler[key], 1)
-    if "cg_tol" in sampler:  # "none" / false: fixed iterations, no convergence check (Appa: iters = 2)
-        tol = sampler["cg_tol"]
+    if "solver_tol" in sampler:  # "none" / false: fixed iterations, no convergence check (Appa: iters = 2)
+        tol = sampler["solver_tol"]
         if tol is None or tol is False or (isinstance(tol, str) and tol.lower() == "none"):
-            if "cg_iters" not in sampler:
+            if "solver_iters" not in sampler:
                 raise _fail("task", "tol", tol, "fixed iterations need 'iters' too (e.g. iters = 2, Appa's setting)")
-            sampler["cg_tol"] = None
+            sampler["solver_tol"] = None
         else:
-            sampler["cg_tol"] = _float("task", "tol", tol, positive=True)
+            sampler["solver_tol"] = _float("task", "tol", tol, positive=True)
     for key in ("overlap", "ar_context"):
         if key in sampler:
             sampler[key] = _int("task", key, sampler[key], 0)

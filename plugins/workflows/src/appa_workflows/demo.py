@@ -215,7 +215,7 @@ def run_demo(
     t0 = time.perf_counter()
     # calibrated settings (docs/sampler.md): LMS, GMRES iterated to a tolerance (``iters`` caps it; tol=None: exactly
     # ``iters`` iterations, Appa's fixed-iteration mode)
-    kw = {"steps": steps, "sampler": sampler, "solver": "gmres", "cg_iters": iters, "cg_tol": tol}
+    kw = {"steps": steps, "sampler": sampler, "solver": "gmres", "solver_iters": iters, "solver_tol": tol}
     kw["on_failure"] = "ignore"  # the solve summary below reports every solve that missed the tolerance
     posterior = Sampler(prior, **kw, progress=progress).posterior(
         obs=obs, start=times[0], length=length, members=members, seed=seed
