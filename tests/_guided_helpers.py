@@ -130,3 +130,27 @@ def ar1_prior(
 
 def noise_of(std: float | np.ndarray) -> NoiseModel:
     return DiagonalGaussian(std)
+
+
+def tiny_latent_prior(seed: int = 0, latent_stats: bool = True):  # type: ignore[no-untyped-def]
+    """The ``tiny`` preset's latent ``Prior`` with random (non-zero) denoiser output weights and plausible state
+    statistics; ``latent_stats``: non-trivial latent mean and std (else the defaults)."""
+    from appa_core.data.stats import NormStats
+    from appa_core.nn.presets import build, get_preset
+    from appa_core.priors.latent import Prior
+
+    torch.manual_seed(seed)
+    p = get_preset("tiny")
+    ae, den = build(p)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for prm in den.parameters():
+            if prm.abs().max() == 0:
+                prm.copy_(0.05 * torch.randn(prm.shape, generator=g))
+    n = p.spec.n_channels
+    stats = NormStats(spec=p.spec, mean=np.linspace(250, 290, n), std=np.linspace(5, 10, n))
+    latent = {}
+    if latent_stats:
+        c = p.autoencoder.latent_channels
+        latent = {"latent_mean": torch.linspace(-0.1, 0.1, c), "latent_std": torch.linspace(0.5, 1.5, c)}
+    return Prior(ae, den, stats, p.make_grid(), p.spec, timestep=p.timestep, preset="tiny", **latent)

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import xarray as xr
-from _guided_helpers import T0, PointPick, ar1_prior, make_spec
+from _guided_helpers import T0, PointPick, ar1_prior, make_spec, tiny_latent_prior
 
 from appa_core.distributed import member_generators, member_seed, shard
 from appa_core.grid import Grid
@@ -59,21 +59,8 @@ def _problem(kind: str) -> tuple[Sampler, list[PointPick], int]:
         ]
         smp = Sampler(prior, steps=4, sampler="ddim", eta=0.5, probes=1, progress=False, batch=2)
         return smp, ops, 2
-    from appa_core.data.stats import NormStats
-    from appa_core.nn.presets import build, get_preset
-    from appa_core.priors.latent import Prior
-
-    torch.manual_seed(0)
-    p = get_preset("tiny")
-    ae, den = build(p)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for prm in den.parameters():
-            if prm.abs().max() == 0:
-                prm.copy_(0.05 * torch.randn(prm.shape, generator=g))
-    n = p.spec.n_channels
-    stats = NormStats(spec=p.spec, mean=np.linspace(250, 290, n), std=np.linspace(5, 10, n))
-    prior = Prior(ae, den, stats, p.make_grid(), p.spec, timestep=p.timestep, preset="tiny")
+    prior = tiny_latent_prior(0, latent_stats=False)
+    n = prior.spec.n_channels
     h, w = prior.grid.shape
     d = n * h * w
     ops = [PointPick(index=[3, d + 7, 2 * d + 11], obs=[270.0, 275.0, 280.0], noise=DiagonalGaussian(1.0), name="s")]

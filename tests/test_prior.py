@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _guided_helpers import tiny_latent_prior
 from safetensors.torch import load_file, save_file
 
-from appa_core.data.stats import NormStats
-from appa_core.nn.presets import build, get_preset
 from appa_core.priors.base import DiffusionPrior
 from appa_core.priors.latent import Prior
 
@@ -19,41 +18,16 @@ torch.set_num_threads(1)
 TIMES = np.datetime64("2000-03-01T00", "ns") + np.arange(4) * np.timedelta64(6, "h")
 
 
-def _tiny_prior(seed: int = 0) -> Prior:
-    torch.manual_seed(seed)
-    p = get_preset("tiny")
-    ae, den = build(p)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for prm in den.parameters():
-            if prm.abs().max() == 0:
-                prm.copy_(0.05 * torch.randn(prm.shape, generator=g))
-    n = p.spec.n_channels
-    stats = NormStats(spec=p.spec, mean=np.linspace(250, 290, n), std=np.linspace(5, 10, n))
-    c = p.autoencoder.latent_channels
-    return Prior(
-        ae,
-        den,
-        stats,
-        p.make_grid(),
-        p.spec,
-        latent_mean=torch.linspace(-0.1, 0.1, c),
-        latent_std=torch.linspace(0.5, 1.5, c),
-        timestep=p.timestep,
-        preset="tiny",
-    )
-
-
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Prior, Path]:
-    prior = _tiny_prior()
+    prior = tiny_latent_prior()
     path = tmp_path_factory.mktemp("prior") / "tiny"
     prior.save(path)
     return prior, path
 
 
 def test_prior_contract_shapes_and_dtypes() -> None:
-    prior = _tiny_prior()
+    prior = tiny_latent_prior()
     assert isinstance(prior, DiffusionPrior)
     assert prior.window == 4 and prior.timestep == np.timedelta64(6, "h")
     assert prior.event_shape(3) == (3, 4, 8, 16)
@@ -74,7 +48,7 @@ def test_prior_contract_shapes_and_dtypes() -> None:
 
 
 def test_prior_denoise_uses_times_and_is_differentiable() -> None:
-    prior = _tiny_prior()
+    prior = tiny_latent_prior()
     z = torch.randn(1, *prior.event_shape(2))
     a = prior.denoise(z, torch.tensor(1.0), TIMES[:2])
     b = prior.denoise(z, torch.tensor(1.0), TIMES[2:4])
@@ -108,7 +82,7 @@ def test_save_load_round_trip_is_bit_exact(saved: tuple[Prior, Path]) -> None:
 
 
 def test_fp16_save_loads_as_float32_close(tmp_path: Path) -> None:
-    prior = _tiny_prior()
+    prior = tiny_latent_prior()
     prior.save(tmp_path, dtype=torch.float16)
     loaded = Prior.load(tmp_path)
     assert loaded.denoiser.embed_in.weight.dtype == torch.float32
