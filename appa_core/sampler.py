@@ -695,22 +695,23 @@ class Sampler:
 _RENAMED_FIELDS = {"cg_iters": "solver_iters", "cg_tol": "solver_tol"}
 
 
+def _warn_renamed(old: str, stacklevel: int) -> None:
+    warnings.warn(
+        f"Sampler: field {old!r} is deprecated and will be removed in the next release; use {_RENAMED_FIELDS[old]!r}",
+        DeprecationWarning,
+        stacklevel=stacklevel + 1,
+    )
+
+
 def _renamed(old: str) -> property:
     new = _RENAMED_FIELDS[old]
 
-    def warn() -> None:
-        warnings.warn(
-            f"Sampler: field {old!r} is deprecated and will be removed in the next release; use {new!r}",
-            DeprecationWarning,
-            stacklevel=3,
-        )
-
     def get(self: Sampler) -> object:
-        warn()
+        _warn_renamed(old, 2)
         return getattr(self, new)
 
     def set_(self: Sampler, value: object) -> None:
-        warn()
+        _warn_renamed(old, 2)
         setattr(self, new, value)
 
     return property(get, set_, doc=f"Deprecated alias of :attr:`{new}`.")
@@ -725,11 +726,7 @@ def _init_accepting_renamed_fields(init):  # type: ignore[no-untyped-def]
             if old in kwargs:
                 if new in kwargs:
                     raise TypeError(f"Sampler: give {new!r} only ({old!r} is its deprecated name)")
-                warnings.warn(
-                    f"Sampler: field {old!r} is deprecated and will be removed in the next release; use {new!r}",
-                    DeprecationWarning,
-                    stacklevel=2,
-                )
+                _warn_renamed(old, 2)
                 kwargs[new] = kwargs.pop(old)
         init(self, *args, **kwargs)
 
