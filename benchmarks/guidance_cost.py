@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -42,6 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from _azula import Denoise, azula_mmps  # noqa: E402
+from _report import machine, write_section  # noqa: E402
 from sampler import Picks  # noqa: E402  (the benchmark's point-observation operator)
 
 from appa_core.diffusion.integrators import LMSSampler, sigma_grid  # noqa: E402
@@ -52,7 +52,6 @@ from appa_core.priors.gaussian import GaussianPrior  # noqa: E402
 from appa_core.spec import StateSpec  # noqa: E402
 
 T0 = np.datetime64("2000-01-01T00", "ns")
-Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class Problem:
@@ -144,42 +143,9 @@ class DemoProblem(Problem):
 
 def azula_denoiser(problem: Problem, k: int) -> Denoise | None:
     """azula's ``MMPSDenoiser`` (k fixed GMRES iterations from zero) as ``d(z, sigma)``; ``None`` without azula."""
-    try:
-        from azula.denoise import Denoiser as AzDenoiser
-        from azula.denoise import DiracPosterior
-        from azula.guidance.mmps import MMPSDenoiser
-        from azula.linalg.covariance import DiagonalCovariance
-    except ImportError:
-        return None
-    shape = problem.shape
-
-    class SigmaSchedule:  # azula's schedule protocol with t = sigma (our sampler chooses the noise levels)
-        def __call__(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return torch.ones_like(t), t
-
-    class Wrap(AzDenoiser):
-        def __init__(self) -> None:
-            super().__init__()
-            self.schedule = SigmaSchedule()
-
-        def forward(self, x_t, t, **kw):  # type: ignore[no-untyped-def]
-            b = x_t.shape[0]
-            z = problem.denoise(x_t.reshape(b, *shape), t.reshape(-1).expand(b))
-            return DiracPosterior(mean=z.reshape(b, -1))
-
-    def flat_observe(x: torch.Tensor) -> torch.Tensor:
-        return problem.observe(x.reshape(x.shape[0], *shape)).to(x.dtype)
-
     dtype = problem.x_init.dtype
-    cov = DiagonalCovariance(problem.obs.noise.variance().to(dtype))
-    mmps = MMPSDenoiser(Wrap(), problem.obs.values.to(dtype), flat_observe, cov, "gmres", k)
-
-    def d(z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        b = z.shape[0]
-        t = sigma.reshape(b, 1).to(dtype)
-        return mmps(z.reshape(b, -1), t).mean.reshape(z.shape)
-
-    return d
+    y = problem.obs.values.to(dtype)
+    return azula_mmps(problem.denoise, problem.observe, problem.shape, y, problem.obs.noise.variance(), k)
 
 
 def ours_denoiser(problem: Problem, guidance: MMPS, reports: list | None = None) -> Denoise:
@@ -210,15 +176,11 @@ class Counter:
         self.inner = problem.observe
 
         def observe(z: torch.Tensor) -> torch.Tensor:
-            if torch._C._functorch.is_gradtrackingtensor(z) or _is_dual(z):
+            if torch._C._functorch.is_functorch_wrapped_tensor(z):  # under torch.func.jvp: one operator product
                 self.n += 1
             return self.inner(z)
 
         problem.observe = observe  # type: ignore[method-assign]
-
-
-def _is_dual(z: torch.Tensor) -> bool:
-    return bool(torch._C._functorch.is_functorch_wrapped_tensor(z))
 
 
 def configs(
@@ -334,8 +296,7 @@ def section(results: dict[str, dict]) -> str:
     lines = [
         "## Guidance cost",
         "",
-        f"`benchmarks/guidance_cost.py`, {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        "1 thread, on the shared 2-core machine (other jobs were running, so "
+        f"`benchmarks/guidance_cost.py`, {machine()}, 1 thread, on the shared machine (other jobs were running, so "
         "absolute times are noisy; configurations were interleaved and each time is the median of the repeats, "
         "with the min-max spread). Both guided denoisers drive the same LMS sampler from the same initial noise; "
         "error = RMS difference of the final samples from the reference run. azula: `MMPSDenoiser`, k GMRES "
@@ -500,14 +461,7 @@ def main() -> None:
     previous = json.loads(out.read_text()) if out.exists() else {}
     previous.update(results)
     out.write_text(json.dumps(previous, indent=1) + "\n")
-    path = ROOT / "docs" / "benchmarks.md"
-    doc = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    full = section(previous)
-    if "## Guidance cost" in doc:
-        doc = re.sub(r"## Guidance cost\n.*?(?=\n## |\Z)", full.rstrip() + "\n", doc, flags=re.S)
-    else:
-        doc = doc.rstrip() + "\n\n" + full
-    path.write_text(doc)
+    write_section(section(previous))
 
 
 if __name__ == "__main__":

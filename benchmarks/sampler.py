@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import time
@@ -36,6 +35,10 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _azula import azula_mmps  # noqa: E402
+from _report import write_section  # noqa: E402
 
 from appa_core.diffusion.precondition import edm_coefficients  # noqa: E402
 from appa_core.diffusion.schedule import LogLinearSchedule  # noqa: E402
@@ -153,14 +156,6 @@ def _subprocess(cfg: dict) -> dict:
 
 
 def azula_comparison() -> list[dict] | None:
-    try:
-        from azula.denoise import Denoiser as AzDenoiser
-        from azula.denoise import DiracPosterior
-        from azula.guidance.mmps import MMPSDenoiser
-        from azula.linalg.covariance import DiagonalCovariance
-        from azula.noise import VESchedule
-    except ImportError:
-        return None
     torch.set_num_threads(1)
     grid = Grid.equiangular(16, 16)
     spec = StateSpec(surface=SPEC.surface)
@@ -174,41 +169,28 @@ def azula_comparison() -> list[dict] | None:
     obs = ObsSet([Picks(idx, rng.normal(0, 1, 200), std=0.1)]).prepare(grid, spec, np.array([T0]))
     post = prior.condition(obs.matrix(), obs.values, obs.noise.dense_cov())
     shape = prior.state_shape
-
-    class Wrap(AzDenoiser):
-        def __init__(self) -> None:
-            super().__init__()
-            self.schedule = VESchedule()
-
-        def forward(self, x_t, t, **kw):  # type: ignore[no-untyped-def]
-            _, sigma = self.schedule(t)
-            b = x_t.shape[0]
-            return DiracPosterior(
-                mean=prior.denoise(x_t.reshape(b, *shape), sigma.reshape(-1).expand(b)).reshape(b, -1)
-            )
-
-    observe = lambda z: obs(prior.decode(z.reshape(z.shape[0], *shape)))  # noqa: E731
+    observe = lambda z: obs(prior.decode(z))  # noqa: E731
+    if azula_mmps(prior.denoise, observe, shape, obs.values, obs.noise.variance(), 1) is None:
+        return None
     rows = []
     b = 4
     for sigma in (0.1, 10.0):
-        t = torch.log(torch.tensor(sigma, dtype=torch.float64) / 1e-3) / np.log(1e6)
         z = prior.encode(prior.sample(b, g)) + sigma * torch.randn(b, *shape, generator=g, dtype=torch.float64)
         sig = torch.full((b,), sigma, dtype=torch.float64)
         exact = post.denoise(z, sig).reshape(b, -1)
         for k in (1, 2, 4, 8, 32):
             ours = guided_denoiser(
-                lambda zz, s: prior.denoise(zz, s), observe, obs.values, obs.noise, MMPS("gmres", k, None)
+                prior.denoise, observe, obs.values, obs.noise, MMPS("gmres", k, None, warm_start=False)
             )
-            az = MMPSDenoiser(
-                Wrap(), obs.values, lambda x: observe(x), DiagonalCovariance(obs.noise.variance()), "gmres", k
-            )
+            az = azula_mmps(prior.denoise, observe, shape, obs.values, obs.noise.variance(), k)
+            assert az is not None
             o = ours(z, sig).reshape(b, -1)
-            a = az(z.reshape(b, -1), t).mean
+            a = az(z, sig).reshape(b, -1)
             rows.append(
                 {
                     "sigma": sigma, "iters": k,
                     "ours_ms": 1e3 * _time(lambda f=ours, z=z, s=sig: f(z, s), 3),
-                    "azula_ms": 1e3 * _time(lambda f=az, z=z, t=t: f(z.reshape(b, -1), t), 3),
+                    "azula_ms": 1e3 * _time(lambda f=az, z=z, s=sig: f(z, s), 3),
                     "ours_err": float((o - exact).abs().max()), "azula_err": float((a - exact).abs().max()),
                 }
             )  # fmt: skip
@@ -263,13 +245,7 @@ def main() -> None:
             )
         lines.append("")
     section = "\n".join(lines)
-    path = ROOT / "docs" / "benchmarks.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    if "## Sampler" in text:
-        text = re.sub(r"## Sampler\n.*?(?=\n## |\Z)", section.rstrip() + "\n", text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text)
+    write_section(section)
     print(section)
 
 
