@@ -267,7 +267,7 @@ def test_dps_divergence_is_reported() -> None:
     """Issue: DPS with a huge step size diverged unreported (finite but meaningless states)."""
     prior = _priors()[0]
     obs = _problem(prior)
-    with pytest.raises(GuidanceError, match=r"DPS diverges: the guidance step is .* times the size of the state"):
+    with pytest.raises(GuidanceError, match=r"DPS diverges: the guidance step is .* times the size of the state.*zeta"):
         Sampler(prior, steps=4, guidance="dps", zeta=1e9, progress=False, qc=None).sample(
             obs=obs, start=T0, length=2, members=2, seed=0
         )

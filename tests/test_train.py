@@ -221,3 +221,26 @@ def test_train_prior_with_static_fields_and_a_lighter_decoder(tmp_path: Path) ->
         synthetic_wb2(p.spec, p.make_grid(), TIMES[:60], statics=False).to_zarr(tmp_path / "bare.zarr")
         main_train(["autoencoder", "--config", str(cfg), "--data", str(tmp_path / "bare.zarr"), "--out",
                     str(tmp_path / "bare"), "--no-progress"])  # fmt: skip
+
+
+def test_rotation_counts_only_valid_checkpoints(tmp_path: Path) -> None:
+    """Issue: checkpoint rotation deleted a still-valid checkpoint behind a damaged newer one. With step 10 valid and
+    step 20 damaged, saving step 30 with ``keep=2`` keeps step 10 (the newest valid one before 30) and the damaged
+    step 20 for inspection; counting every checkpoint would have deleted step 10."""
+    from appa_core.train.checkpoint import checkpoint_problem, latest_checkpoint, save_checkpoint
+
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.Adam(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    root = tmp_path / "checkpoints"
+    for step in (10, 20):
+        save_checkpoint(root, step, model, opt, sched, {}, keep=3)
+    damaged = root / "step_00000020" / "model.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:10])
+    assert checkpoint_problem(root / "step_00000020") is not None
+    save_checkpoint(root, 30, model, opt, sched, {}, keep=2)
+    assert sorted(p.name for p in root.glob("step_*")) == ["step_00000010", "step_00000020", "step_00000030"]
+    assert checkpoint_problem(root / "step_00000010") is None
+    save_checkpoint(root, 40, model, opt, sched, {}, keep=2)  # now step 30 is the newest valid one before 40
+    assert sorted(p.name for p in root.glob("step_*")) == ["step_00000020", "step_00000030", "step_00000040"]
+    assert latest_checkpoint(root) == root / "step_00000040"

@@ -394,3 +394,18 @@ def test_kill_during_an_append_resumes(tmp_path):
         group[name].resize((12, *group[name].shape[1:]))
     _run(out2, days=3)
     xr.testing.assert_identical(_load(out2), ref)
+
+
+def test_a_chunk_of_eight_steps_converts_like_two_chunks_of_four():
+    """Issue: any write of exactly 8 time steps crashed (``appa-naturerun --days 2``), and with 8 output levels wrong
+    temperatures were written silently. ``convert_chunk`` over 8 steps of the 8-sigma-level model, to 8 pressure
+    levels, now equals the same steps converted 4 at a time."""
+    levels = (50, 100, 200, 300, 500, 700, 850, 1000)
+    d = FakeDriver(3, np.datetime64("2000-01-01T00:00"))
+    d.initialize()
+    native = d.advance(2.0, 0.25)  # 2 days, 6-hourly: 8 steps
+    assert native.sizes["time"] == 8 and SIGMA.size == 8
+    phis = d.static()["phis"].transpose("lat", "lon").values
+    whole = C.convert_chunk(native, phis, levels=levels)
+    halves = [C.convert_chunk(native.isel(time=slice(i, i + 4)), phis, levels=levels) for i in (0, 4)]
+    xr.testing.assert_allclose(whole, xr.concat(halves, "time"), rtol=1e-12, atol=0)

@@ -8,6 +8,7 @@ marked ``slow``.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import types
 from pathlib import Path
@@ -605,3 +606,22 @@ def test_demo_prior_reanalysis(tmp_path: Path) -> None:
     assert innovation.size == 12 and float(np.sqrt(np.mean(innovation**2))) < 2.0
     global_rmse = float(res.scores.loc["2m_temperature", "rmse"])
     assert global_rmse > 3.0 and float(np.abs(res.dataset["obs_st_innovation"].values).mean()) < 0.3 * global_rmse
+
+
+def test_mostly_rejected_observations_stop_the_cli_in_one_line(
+    tmp_path: Path, truth: xr.Dataset, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue: a station CSV with 2-m temperature in degrees Celsius ran to completion with exit code 0 and ruined the
+    analysis. Now every value is outside its plausible range, and the run stops before sampling: one line, exit 2,
+    and no output store."""
+    times = [START, "2000-01-30T06:00"]
+    path, y = station_csv(tmp_path / "obs.csv", truth, times)
+    df = pd.read_csv(path)
+    df["value"] = df["value"] - 273.15  # degrees Celsius
+    df.to_csv(path, index=False)
+    cfg = base_config(tmp_path / "out", observations=[{"reader": "station_csv", "path": "obs.csv", "name": "synop"}])
+    assert main([str(write_toml(tmp_path / "run.toml", cfg)), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert re.search(r"quality control rejected 100% of the 6 observations.*synop", err), err
+    assert not (tmp_path / "out" / "posterior.zarr").exists()
