@@ -615,7 +615,7 @@ def test_mostly_rejected_observations_stop_the_cli_in_one_line(
     analysis. Now every value is outside its plausible range, and the run stops before sampling: one line, exit 2,
     and no output store."""
     times = [START, "2000-01-30T06:00"]
-    path, y = station_csv(tmp_path / "obs.csv", truth, times)
+    path, _ = station_csv(tmp_path / "obs.csv", truth, times)
     df = pd.read_csv(path)
     df["value"] = df["value"] - 273.15  # degrees Celsius
     df.to_csv(path, index=False)
