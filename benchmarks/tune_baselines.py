@@ -10,6 +10,12 @@
   + diagonal climatological covariance, on the training run's **validation month** (December, outside the split
   that the covariance is estimated on) at ``--oi-date``, 24-h reanalysis, sparse and dense observations (solves
   without the MMPS warm start, as the tuning was measured before it existed).
+* **The prior's spread** (``--only prior-spread``): the latent prior's 24-h reanalyses, with exactly the twin's
+  sampler settings (``--prior-args``), on ``--spread-dates`` of the training run's validation month (December,
+  outside the split the prior was trained on), sparse and dense observations; one
+  :class:`appa_workflows.calibration.SpreadCalibration` per observing system (its factors make the pooled
+  spread/skill ratio of these runs 1), stored with the prior's file hash: ``twin.py`` scores the calibrated
+  ensemble as ``prior_cal`` only for that very prior.
 
 Score of a setting: the mean over the scored variables (and observing systems) of its RMSE divided by the best
 RMSE of any setting for that variable, so every variable counts the same whatever its unit. The best setting of
@@ -33,11 +39,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import xarray as xr
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from twin import ENKF_CLI, TUNED, _rel  # noqa: E402
+from twin import ENKF_CLI, ROOT, TUNED, Truth, _rel, method_key, prior_hash, states  # noqa: E402
+from twin import parse_args as twin_args  # noqa: E402
 
 EARTH_LABELS = ("Z500", "T850", "U850", "Q700", "T2M", "MSLP", "U10", "V10")
 
@@ -50,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--train", default="data/naturerun_train.zarr", help="training nature run (with its .state/)")
     p.add_argument("--cache", type=Path, default=Path("runs/tune"))
-    p.add_argument("--only", choices=["enkf", "oi"], default=None)
+    p.add_argument("--only", choices=["enkf", "oi", "prior-spread"], default=None)
     p.add_argument("--enkf-date", default="2000-03-15", help="first scored analysis (00 UTC) of the EnKF tuning")
     p.add_argument("--inflation", nargs="+", type=float, default=[1.0])
     p.add_argument("--rtps", nargs="+", type=float, default=[0.5, 0.9])
@@ -61,6 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--oi-date", default="2000-12-05", help="start (00 UTC) of the OI tuning window")
     p.add_argument("--rank", nargs="+", type=int, default=[32, 64, 128])
     p.add_argument("--samples", nargs="+", type=int, default=[256, 1024])
+    p.add_argument("--spread-dates", nargs="+", default=["2000-12-05", "2000-12-19"])
+    p.add_argument(
+        "--prior-args",
+        default="--members 8 --steps 16 --gmres-iters 8 --tol 0.03 --warm-start on",
+        help="the twin's sampler settings for the prior (the calibration holds for these only)",
+    )
     p.add_argument(
         "--cached-only",
         action="store_true",
@@ -178,6 +192,52 @@ def tune_oi(a: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def tune_prior_spread(a: argparse.Namespace) -> dict[str, Any]:
+    from appa_core.sampler import split_diagnostics
+    from appa_workflows.calibration import SpreadCalibration
+
+    observing = ["sparse", "dense"]
+    args = [
+        "--truth", a.train, "--train", a.train, "--dates", *a.spread_dates, "--windows", "24", "--methods", "prior",
+        "--no-forecast", "--observing", *observing, *a.prior_args.split(), "--threads", "1",
+        "--cache", str(a.cache / "prior"), "--docs", str(a.cache / "prior-docs"),
+    ]  # fmt: skip
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "twin.py"), *args]
+    log(f"prior spread: {' '.join(cmd)}")
+    (a.cache / "prior-docs").mkdir(parents=True, exist_ok=True)
+    with open(a.cache / "prior-docs" / "log.txt", "w") as fh:
+        rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, check=False).returncode
+    if rc != 0:
+        raise SystemExit(f"tune_baselines: prior runs failed (rc {rc}), see {a.cache / 'prior-docs' / 'log.txt'}")
+    targs = twin_args(args)
+    phash = prior_hash(ROOT / "appa_core" / "assets" / "demo_prior")
+    truth = Truth(a.train, states(24))
+    factors, ssr_before = {}, {}
+    for o in observing:
+        ens, tru = [], []
+        for date in a.spread_dates:
+            path = a.cache / "prior" / method_key(targs, "prior", phash) / f"{date}_{o}_r24.zarr"
+            ds, _ = split_diagnostics(xr.open_zarr(path).load())
+            ens.append(ds)
+            tru.append(truth.get(date)[3].sel(time=ds.time))
+        cal = SpreadCalibration.fit(ens, tru)
+        factors[o] = dict(cal.factors)
+        ssr_before[o] = {k: round(1.0 / v, 4) for k, v in cal.factors.items()}
+        log(f"prior spread {o}: {json.dumps({k: round(v, 3) for k, v in cal.factors.items()})}")
+    return {
+        "prior_sha256": phash,
+        "factors": factors,
+        "spread_skill_before": ssr_before,
+        "protocol": {
+            "truth": "training run, validation month (outside the prior's split 2000-01-01..2000-11-30T18)",
+            "dates": list(a.spread_dates),
+            "observing": observing,
+            "sampler": a.prior_args,
+            "scored": "24-h reanalysis (5 states), 8 members; factor = pooled RMSE / (sqrt((m+1)/m) spread)",
+        },
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     out = json.loads(TUNED.read_text()) if TUNED.exists() else {}
@@ -187,11 +247,14 @@ def main(argv: list[str] | None = None) -> int:
     if a.only in (None, "oi"):
         out["oi"] = tune_oi(a)
         log(f"OI: chosen {out['oi']['chosen']}")
+    if a.only in (None, "prior-spread"):
+        out["prior_spread"] = tune_prior_spread(a)
     args = argv if argv is not None else sys.argv[1:]
     # no machine paths in the committed file (_rel: absolute paths relative to the repository)
     command = "python benchmarks/tune_baselines.py " + " ".join(map(_rel, args))
-    for section in ("enkf", "oi"):
+    for section in ("enkf", "oi", "prior-spread"):
         if a.only in (None, section):
+            section = section.replace("-", "_")
             out[section]["command"] = command
     out.pop("command", None)
     tmp = TUNED.with_suffix(".json.tmp")

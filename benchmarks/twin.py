@@ -70,6 +70,7 @@ from appa_core.metrics import area_weights, crps, ensemble_mean_rmse, spread  # 
 from appa_core.sampler import Sampler, save_zarr, split_diagnostics  # noqa: E402
 from appa_core.state import dataset_to_tensor, tensor_to_dataset  # noqa: E402
 from appa_workflows.baselines import load_climatology, oi_prior, persistence  # noqa: E402
+from appa_workflows.calibration import SpreadCalibration  # noqa: E402
 from appa_workflows.observing import ObservingSystem  # noqa: E402
 
 STEP = np.timedelta64(6, "h")
@@ -95,6 +96,7 @@ SCORED: dict[str, tuple[str, int | None, float, str]] = {
 }
 LABELS = {
     "prior": "latent diffusion prior",
+    "prior_cal": "latent diffusion prior, spread calibrated on training dates (appa_workflows.calibration)",
     "oi": "OI (low-rank climatological Gaussian)",
     "enkf": "EnKF (LETKF, true GCM)",
     "climatology": "climatology (hour of day)",
@@ -102,7 +104,12 @@ LABELS = {
     "unconditioned": "unconditioned prior",
     "ae_floor": "decode(encode(truth)): the prior's autoencoder floor",
 }
-ORDER = {m: i for i, m in enumerate(("prior", "ae_floor", "oi", "enkf", "unconditioned", "climatology", "persistence"))}
+ORDER = {
+    m: i
+    for i, m in enumerate(
+        ("prior", "prior_cal", "ae_floor", "oi", "enkf", "unconditioned", "climatology", "persistence")
+    )
+}
 
 
 def _rel(p: str | Path) -> str:
@@ -169,6 +176,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--enkf-observing", nargs="+", default=None, help="observing systems run by the EnKF (all; quick: sparse)"
     )
     p.add_argument("--clim-members", type=int, default=20)
+    p.add_argument(
+        "--spread-calibration", choices=["on", "off"], default="on",
+        help="score also 'prior_cal': the prior's 24-h reanalysis with the spread factors that "
+        "tune_baselines.py --only prior-spread fitted on training dates (tuned_baselines.json, same prior hash)",
+    )  # fmt: skip
     p.add_argument("--obs-seed", type=int, default=0)
     p.add_argument("--seed", type=int, default=0, help="sampler seed")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
@@ -354,6 +366,16 @@ class Runner:
                 raise SystemExit("twin: the demo prior changed while it was being copied; run again")
             os.replace(tmp, snap)
         return snap, h
+
+    def calibration(self, observing: str) -> SpreadCalibration | None:
+        """The prior's spread factors for ``observing`` fitted on training dates (``tuned_baselines.json``,
+        ``prior_spread``), if they were fitted for this very prior (same file hash); else ``None``."""
+        if self.a.spread_calibration == "off" or not TUNED.exists():
+            return None
+        tuned = json.loads(TUNED.read_text()).get("prior_spread", {})
+        if tuned.get("prior_sha256") != self.phash or observing not in tuned.get("factors", {}):
+            return None
+        return SpreadCalibration(tuned["factors"][observing])
 
     # -------------------------------------------------------------- budget
     def over_budget(self) -> bool:
@@ -673,6 +695,11 @@ class Runner:
                             add(method, observing, "reanalysis", w, ds, t0)
                             if w == 24:
                                 add(method, observing, "filtering", 24, ds.isel(time=[-1]), t0)
+                            cal = self.calibration(observing) if method == "prior" and w == 24 else None
+                            if cal is not None:
+                                cds = cal.apply(ds)
+                                add("prior_cal", observing, "reanalysis", 24, cds, t0)
+                                add("prior_cal", observing, "filtering", 24, cds.isel(time=[-1]), t0)
                     fc = "fcc" if a.forecast_mode == "continue" else "fc"
                     p = self.path(method, f"{date}_{observing}_{fc}")
                     if p.exists():
@@ -956,13 +983,25 @@ def headline(rows: list[dict[str, Any]], a: argparse.Namespace) -> str:
         if n:
             ssr = [None if agg.get(("prior", c)) is None else agg[("prior", c)]["ssr"] for c in cols]
             row(f"prior spread/skill, {o} (in [0.8, 1.2])", ssr, lambda v: 0.8 <= v <= 1.2, n)
+        for base in ("oi", "enkf"):
+            agg, n = pair(o, "prior_cal", base, "reanalysis")
+            if n:
+                name = "OI" if base == "oi" else "EnKF"
+                row(f"CRPS prior_cal / {name}, {o} (< 1)", ratios(agg, "prior_cal", base, "crps"), lambda v: v < 1, n)
+        agg, n = pair(o, "prior_cal", "prior_cal", "reanalysis")
+        if n:
+            ssr = [None if agg.get(("prior_cal", c)) is None else agg[("prior_cal", c)]["ssr"] for c in cols]
+            row(f"prior_cal spread/skill, {o} (in [0.8, 1.2])", ssr, lambda v: 0.8 <= v <= 1.2, n)
         agg, n = pair(o, "prior", "persistence", "forecast", float(a.lead_hours))
         if n:
             vals = ratios(agg, "prior", "persistence", "rmse")
             row(f"RMSE prior / persistence, +{a.lead_hours} h, {o} (< 1)", vals, lambda v: v < 1, n)
     out.append(
         "\nRatios of scores aggregated over the dates both methods of the ratio have (column 'dates'); 'bar met' "
-        "counts the variables that meet the bar of the row.\n"
+        "counts the variables that meet the bar of the row. `prior_cal` is the same 24-h reanalysis with each "
+        "variable's members scaled about their mean by a factor fitted on training dates "
+        "(`appa_workflows.calibration.SpreadCalibration`, `tune_baselines.py --only prior-spread`); its RMSE is the "
+        "prior's.\n"
     )
     return "\n".join(out) + "\n"
 
@@ -1230,7 +1269,7 @@ def make_plots(r: Runner, rows, by_task, by_lead, img: Path) -> list[tuple[str, 
     a = r.a
     out = []
     colors = {"prior": "C0", "oi": "C1", "enkf": "C2", "climatology": "C7", "persistence": "C3", "unconditioned": "C4"}
-    colors["ae_floor"] = "C5"
+    colors["ae_floor"], colors["prior_cal"] = "C5", "C6"
     shared = ("climatology", "persistence", "unconditioned", "ae_floor")  # independent of the observing system
     styles = {"sparse": "--", "dense": "-", "demo": ":"}
     show = ["Z500", "T850", "T2M", "U850"]
