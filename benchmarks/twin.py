@@ -53,7 +53,6 @@ import sys
 import time
 import warnings
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -186,8 +185,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     p.add_argument(
         "--jobs", type=int, default=1, choices=[1, 2],
-        help="2: run the EnKF subprocesses beside the sampled methods (two single-threaded processes, one per core)",
+        help="2: two single-threaded processes, one per core, share the jobs (this one and a --worker)",
     )  # fmt: skip
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # the second process of --jobs 2
     p.add_argument("--budget-min", type=float, default=None, help="start no new job after this many minutes")
     p.add_argument("--cache", type=Path, default=Path("runs/twin"))
     p.add_argument("--docs", type=Path, default=ROOT / "docs")
@@ -335,8 +335,9 @@ def records(scores: dict[str, dict[str, np.ndarray]], base: dict[str, Any], ref:
 
 # ---------------------------------------------------------------------------------------------- runners
 class Runner:
-    def __init__(self, a: argparse.Namespace) -> None:
+    def __init__(self, a: argparse.Namespace, argv: list[str] | None = None) -> None:
         self.a = a
+        self.argv = list(sys.argv[1:] if argv is None else argv)  # for the --jobs 2 worker
         self.t_start = time.perf_counter()
         self.n_states = states(24) + a.lead_hours // 6
         self.truth = Truth(a.truth, max(self.n_states, states(max(a.windows))))
@@ -581,21 +582,29 @@ class Runner:
         return jobs
 
     def run(self) -> None:
-        """Every job of :meth:`jobs` in order; with ``--jobs 2`` the EnKF runs (subprocesses, one at a time) go to a
-        second worker thread, so that the GCM cycling and the sampling each keep one core busy."""
-        jobs = jobs_all = self.jobs()
-        cached = [j for j in jobs_all if j not in self.missing()]
-        pool = None
-        if self.a.jobs > 1 and any(j[0] == "enkf" for j in jobs):
-            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="enkf")
-            enkf_jobs = [j for j in jobs if j[0] == "enkf"]
-            futures = [pool.submit(self._enkf_job, j) for j in enkf_jobs]
-            jobs = [j for j in jobs if j[0] != "enkf"]
-        self._run_in_order(jobs)
-        if pool is not None:
-            for f in futures:
-                f.result()
-            pool.shutdown()
+        """Every job of :meth:`jobs`: in order (``--jobs 1``), or by two single-threaded processes, one per core
+        (``--jobs 2``): this one and a worker (the same command with ``--worker``), each taking the next job
+        that nobody has claimed and whose input is ready (a forecast continues its reanalysis), longest kinds first.
+        A claim is a directory under ``<cache>/.claims`` made atomically; claims of an interrupted invocation are
+        cleared by the next one (cached results are kept)."""
+        jobs_all = self.jobs()
+        cached = [j for j in jobs_all if self.done(j)]
+        if self.a.jobs > 1 and len(jobs_all) - len(cached) > 1:
+            claims = self.a.cache / ".claims"
+            if self.a.worker:
+                self._claim_loop(claims)
+                return
+            shutil.rmtree(claims, ignore_errors=True)
+            claims.mkdir(parents=True)
+            worker = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *self.argv, "--worker"])
+            try:
+                self._claim_loop(claims)
+            finally:
+                rc = worker.wait()
+            if rc != 0:
+                log(f"the worker process ended with status {rc}; its jobs are left for the next run")
+        else:
+            self._run_in_order(jobs_all)
         if not self.missing():  # the whole table is in the cache: record how long this invocation took
             record = {
                 "wall_min": round((time.perf_counter() - self.t_start) / 60, 1),
@@ -608,11 +617,46 @@ class Runner:
             (self.a.cache / "last_run.json").write_text(json.dumps(record, indent=1))
         self.report()
 
-    def _enkf_job(self, job: tuple[str, ...]) -> None:
-        if self.over_budget():
-            self.skipped += [" ".join(job)]
-            return
-        self.enkf(job[1], job[2], int(job[3]), int(job[4]))
+    def done(self, job: tuple[str, ...]) -> bool:
+        """Whether ``job``'s output is in the cache."""
+        if job[0] == "enkf":
+            d = self.a.cache / method_key(self.a, "enkf") / f"{job[1]}_{job[2]}_c{job[3]}_f{job[4]}"
+            return (d / "done.json").exists()
+        name = f"{job[1]}_{job[3]}" if job[0] == "unconditioned" else f"{job[1]}_{job[2]}_{job[3]}"
+        return self.path(job[0], name).exists()
+
+    @staticmethod
+    def _needs(job: tuple[str, ...]) -> tuple[str, ...] | None:
+        """The job whose output ``job`` reads: a continued forecast reads its 24-h reanalysis."""
+        return (job[0], job[1], job[2], "r24") if job[3] == "fcc" else None
+
+    def _claim_loop(self, claims: Path) -> None:
+        """Take jobs until none is left to take: EnKF runs first (the longest), then the sampled jobs in order."""
+        order = sorted(self.jobs(), key=lambda j: j[0] != "enkf")
+        while True:
+            waiting = False
+            for job in order:
+                if self.done(job) or (claims / "_".join(job)).exists():
+                    continue
+                need = self._needs(job)
+                if need is not None and not self.done(need):
+                    waiting = waiting or (claims / "_".join(need)).exists()  # being computed by the other process
+                    continue
+                try:
+                    (claims / "_".join(job)).mkdir()
+                except FileExistsError:
+                    continue
+                if self.over_budget():
+                    self.skipped.append(" ".join(job))
+                elif job[0] == "enkf":
+                    self.enkf(job[1], job[2], int(job[3]), int(job[4]))
+                else:
+                    self.sampled(*job)
+                break
+            else:
+                if not waiting:
+                    return
+                time.sleep(5.0)
 
     def _run_in_order(self, jobs: list[tuple[str, ...]]) -> None:
         dirty, last = False, None
@@ -731,18 +775,7 @@ class Runner:
 
     def missing(self) -> list[tuple[str, ...]]:
         """Planned jobs that are not in the cache."""
-        a = self.a
-        out = []
-        for job in self.jobs():
-            if job[0] == "enkf":
-                d = a.cache / method_key(a, "enkf") / f"{job[1]}_{job[2]}_c{job[3]}_f{job[4]}" / "done.json"
-                done = d.exists()
-            else:
-                name = f"{job[1]}_{job[3]}" if job[0] == "unconditioned" else f"{job[1]}_{job[2]}_{job[3]}"
-                done = self.path(job[0], name).exists()
-            if not done:
-                out.append(job)
-        return out
+        return [job for job in self.jobs() if not self.done(job)]
 
     def complete(self, date: str) -> bool:
         """Whether the 24 h reanalyses and forecasts of the sampled methods are cached for every observing system."""
@@ -1353,7 +1386,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
     torch.set_num_threads(a.threads)
     a.cache.mkdir(parents=True, exist_ok=True)
-    r = Runner(a)
+    r = Runner(a, argv)
     log(f"twin ({a.mode}): dates {a.dates}, observing {a.observing}, windows {a.windows} h, lead {a.lead_hours} h, "
         f"methods {a.methods}, {a.members} members, {a.steps} steps; cache {a.cache}")  # fmt: skip
     if not a.report_only:
