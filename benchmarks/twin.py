@@ -1077,7 +1077,8 @@ def write_report(r: Runner, rows: list[dict[str, Any]], walls: dict[str, list[fl
     extra += f" --jobs {a.jobs}" if a.jobs > 1 else ""
     extra += " --truth NATURERUN_HELDOUT.zarr --train NATURERUN_TRAIN.zarr"
     w(
-        "```bash\npython benchmarks/tune_baselines.py --train NATURERUN_TRAIN.zarr  # EnKF / OI settings (training)\n"
+        "```bash\npython benchmarks/tune_baselines.py --train NATURERUN_TRAIN.zarr"
+        "  # EnKF / OI settings, prior spread factors (training run)\n"
         f"OMP_NUM_THREADS=1 {cmd}{extra}\n"
         f"{cmd} --report-only --prior-hash {r.phash[:10]}  # rebuilds this page from the cache\n"
         "python -m appa_workflows.baselines data/naturerun_train.zarr  # regenerates the bundled climatology\n```\n"
@@ -1280,14 +1281,13 @@ def timing_rows(r: Runner, walls: dict[str, list[float]]) -> str:
         f"{m} {t / 60:.1f} min" for m, t in sorted(totals.items(), key=lambda kv: ORDER.get(kv[0], 99))
     )
     if r.oi_build_s:
-        out += f" (+ {r.oi_build_s:.0f} s to build the OI prior, once)"
+        out += f" (+ {r.oi_build_s:.0f} s to build the OI prior, in each process that runs OI)"
     out += (
         "; climatology and persistence: < 1 s. Sampling times exclude the simulation of the observations (< 2 s). "
-        "The unconditioned trajectory (one per date) serves both observing systems. The runs were made over two "
-        "sessions on a shared 2-core machine whose load (other jobs, and these runs side by side) varied from ~1 to "
-        "~8: the same job took from 1x to ~3x its time on idle cores (the prior's dense 24-h reanalysis of "
-        "2000-02-01: 152 s at load ~1; the 2000-04-01 and 2000-05-01 ones 373 s and 458 s at load ~5); totals are "
-        "sums of these wall times, not an idle-machine measurement.\n"
+        "The unconditioned trajectory (one per date) serves both observing systems. Each time is the wall time of one "
+        "single-threaded process; with `--jobs 2` two of them run side by side, one per core, so the table's wall "
+        "time is about half the sum of these (the line 'wall time of the whole table' above gives the measured one). "
+        "Absolute times vary with the load of the machine.\n"
     )
     return out
 
