@@ -47,7 +47,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 import time as _time
 from collections.abc import Sequence
@@ -196,9 +195,7 @@ def climate_bank(store: str | Path, bank: str | Path, times: Sequence[np.datetim
                 driver.advance(gap_h / 24, gap_h / 24)
             t_now = t
             path = bank / f"state-{_stamp(t)}.msgpack"
-            tmp = bank / f".tmp{os.getpid()}-{path.name}"  # atomic: another run may be reading the same bank
-            driver.save(tmp)
-            os.replace(tmp, path)
+            driver.save(path)
             have[t] = path
             sources.append((t, path))
     return {t: have[t] for t in wanted}
