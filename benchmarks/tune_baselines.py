@@ -226,6 +226,7 @@ def tune_prior_spread(a: argparse.Namespace) -> dict[str, Any]:
         log(f"prior spread {o}: {json.dumps({k: round(v, 3) for k, v in cal.factors.items()})}")
     return {
         "prior_sha256": phash,
+        "sampler_key": method_key(targs, "prior", phash),  # twin.py applies the factors to these settings only
         "factors": factors,
         "spread_skill_before": ssr_before,
         "protocol": {

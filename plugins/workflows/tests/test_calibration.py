@@ -87,6 +87,23 @@ def test_factors_carry_to_new_cases() -> None:
     np.testing.assert_allclose(ssr["temperature"].values, 1.0, atol=0.1)
 
 
+def test_fit_uses_only_the_times_and_points_the_truth_has() -> None:
+    """A truth that covers fewer times, or has a missing (NaN) time, gives the factors of the times it has."""
+    rng = np.random.default_rng(4)
+    ens, truth = _case(rng, WIDEN)
+    ref = SpreadCalibration.fit([ens.isel(time=[0, 1])], [truth.isel(time=[0, 1])])
+    short = SpreadCalibration.fit([ens], [truth.isel(time=[0, 1])])
+    holed = truth.copy(deep=True)
+    holed["2m_temperature"][2] = np.nan
+    holed["temperature"][2] = np.nan
+    nan = SpreadCalibration.fit([ens], [holed])
+    for k, v in ref.factors.items():
+        assert short.factors[k] == pytest.approx(v, rel=1e-12)
+        assert nan.factors[k] == pytest.approx(v, rel=1e-12)
+    ens["deterministic"] = ens["2m_temperature"].mean("member")  # no member dim: not calibrated, not refused
+    assert set(SpreadCalibration.fit([ens], [truth]).factors) == set(ref.factors)
+
+
 def test_variables_without_a_factor_and_diagnostics_are_left_alone() -> None:
     rng = np.random.default_rng(2)
     ens, _ = _case(rng, WIDEN)

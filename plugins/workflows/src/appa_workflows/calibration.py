@@ -86,16 +86,20 @@ class SpreadCalibration:
             m = f.sizes.get(member_dim, 1)
             if m < 2:
                 raise ValueError(f"SpreadCalibration.fit: an ensemble has {m} member(s) along {member_dim!r}; needs 2")
-            err = ensemble_mean_rmse(f, t, member_dim) ** 2
-            spr = (m + 1) / m * spread(f[list(err.data_vars)], member_dim) ** 2
+            ens = [v for v in f.data_vars if member_dim in f[v].dims and "latitude" in f[v].dims]
+            err = ensemble_mean_rmse(f[ens], t, member_dim) ** 2  # on the times both have
+            spr = (m + 1) / m * spread(f[list(err.data_vars)].sel(time=err["time"]), member_dim) ** 2
+            spr = spr.where(err.notnull())  # a time without a finite error counts in neither sum
             for v in err.data_vars:
                 e, s = _per_key(err[v], str(v)), _per_key(spr[v], str(v))
                 for k in e:
                     mse[k] = mse.get(k, 0.0) + float(e[k].sum())
                     var[k] = var.get(k, 0.0) + float(s[k].sum())
-        bad = [k for k in mse if not var[k] > 0]
+        bad = [k for k in mse if not var[k] > 0 or not np.isfinite(mse[k])]
         if bad:
-            raise ValueError(f"SpreadCalibration.fit: zero ensemble spread for {bad}; nothing to scale")
+            raise ValueError(
+                f"SpreadCalibration.fit: no finite error or zero ensemble spread for {bad}; nothing to scale"
+            )
         return cls({k: float(np.sqrt(mse[k] / var[k])) for k in sorted(mse)}, member_dim)
 
     def apply(self, ds: xr.Dataset) -> xr.Dataset:
