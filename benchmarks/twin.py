@@ -1274,7 +1274,7 @@ def _last_run_note(r: Runner) -> str:
         return ""
     d = json.loads(f.read_text())
     planned = [" ".join(j) for j in r.jobs()]
-    if d.get("jobs_planned") != planned:  # recorded for another configuration
+    if set(d.get("jobs_planned", d["computed"])) != set(planned):  # recorded for another configuration
         return ""
     n, total = len(d["computed"]), len(planned)
     run = (
