@@ -6,6 +6,7 @@ configuration, the prior's file hash) and PNG plots under ``docs/img/``. Run fro
 
     python benchmarks/twin.py --quick          # ~10-15 minutes on the shared 2-core machine
     python benchmarks/twin.py                  # the full experiment: 84 runs, ~6 h on 2 shared cores (--budget-min)
+    python benchmarks/twin.py --jobs 2 ...     # two processes, one per core (the command on docs/results.md)
     python benchmarks/twin.py --report-only    # rebuild the page from the cache
 
 Setup (all methods see the same truth and, for the sampled methods, the same observations):
