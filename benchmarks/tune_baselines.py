@@ -199,7 +199,7 @@ def tune_prior_spread(a: argparse.Namespace) -> dict[str, Any]:
     observing = ["sparse", "dense"]
     args = [
         "--truth", a.train, "--train", a.train, "--dates", *a.spread_dates, "--windows", "24", "--methods", "prior",
-        "--no-forecast", "--observing", *observing, *a.prior_args.split(), "--threads", "1",
+        "--no-forecast", "--observing", *observing, *a.prior_args.split(), "--threads", "1", "--jobs", "2",
         "--cache", str(a.cache / "prior"), "--docs", str(a.cache / "prior-docs"),
     ]  # fmt: skip
     cmd = [sys.executable, str(ROOT / "benchmarks" / "twin.py"), *args]
