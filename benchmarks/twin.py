@@ -1105,7 +1105,7 @@ def write_report(r: Runner, rows: list[dict[str, Any]], walls: dict[str, list[fl
         "```bash\npython benchmarks/tune_baselines.py --train NATURERUN_TRAIN.zarr"
         "  # EnKF / OI settings, prior spread factors (training run)\n"
         f"OMP_NUM_THREADS=1 {cmd}{extra}\n"
-        f"{cmd} --report-only --prior-hash {r.phash[:10]}  # rebuilds this page from the cache\n"
+        f"{cmd}{extra} --report-only --prior-hash {r.phash[:10]}  # rebuilds this page from the cache\n"
         "python -m appa_workflows.baselines data/naturerun_train.zarr  # regenerates the bundled climatology\n```\n"
     )
     total = sum(sum(v) for v in walls.values()) + (r.oi_build_s or 0.0)
