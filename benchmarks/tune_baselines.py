@@ -44,7 +44,7 @@ import xarray as xr
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from twin import ENKF_CLI, ROOT, TUNED, Truth, _rel, method_key, prior_hash, states  # noqa: E402
+from twin import ENKF_CLI, TUNED, Truth, _rel, method_key, prior_hash, states  # noqa: E402
 from twin import parse_args as twin_args  # noqa: E402
 
 EARTH_LABELS = ("Z500", "T850", "U850", "Q700", "T2M", "MSLP", "U10", "V10")
@@ -209,14 +209,14 @@ def tune_prior_spread(a: argparse.Namespace) -> dict[str, Any]:
         rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, check=False).returncode
     if rc != 0:
         raise SystemExit(f"tune_baselines: prior runs failed (rc {rc}), see {a.cache / 'prior-docs' / 'log.txt'}")
-    targs = twin_args(args)
     phash = prior_hash(ROOT / "appa_core" / "assets" / "demo_prior")
+    key = method_key(twin_args(args), "prior", phash)  # the cache key of these runs, and the settings they hold for
     truth = Truth(a.train, states(24))
     factors, ssr_before = {}, {}
     for o in observing:
         ens, tru = [], []
         for date in a.spread_dates:
-            path = a.cache / "prior" / method_key(targs, "prior", phash) / f"{date}_{o}_r24.zarr"
+            path = a.cache / "prior" / key / f"{date}_{o}_r24.zarr"
             ds, _ = split_diagnostics(xr.open_zarr(path).load())
             ens.append(ds)
             tru.append(truth.get(date)[3].sel(time=ds.time))
@@ -226,7 +226,7 @@ def tune_prior_spread(a: argparse.Namespace) -> dict[str, Any]:
         log(f"prior spread {o}: {json.dumps({k: round(v, 3) for k, v in cal.factors.items()})}")
     return {
         "prior_sha256": phash,
-        "sampler_key": method_key(targs, "prior", phash),  # twin.py applies the factors to these settings only
+        "sampler_key": key,  # twin.py applies the factors to these settings only
         "factors": factors,
         "spread_skill_before": ssr_before,
         "protocol": {

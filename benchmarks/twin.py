@@ -179,7 +179,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--spread-calibration", choices=["on", "off"], default="on",
         help="score also 'prior_cal': the prior's 24-h reanalysis with the spread factors that "
-        "tune_baselines.py --only prior-spread fitted on training dates (tuned_baselines.json, same prior hash)",
+        "tune_baselines.py --only prior-spread fitted on training dates (tuned_baselines.json; same prior, settings)",
     )  # fmt: skip
     p.add_argument("--obs-seed", type=int, default=0)
     p.add_argument("--seed", type=int, default=0, help="sampler seed")
@@ -371,7 +371,8 @@ class Runner:
 
     def calibration(self, observing: str) -> SpreadCalibration | None:
         """The prior's spread factors for ``observing`` fitted on training dates (``tuned_baselines.json``,
-        ``prior_spread``), if they were fitted for this very prior (same file hash); else ``None``."""
+        ``prior_spread``), if they were fitted for this very prior and these sampler settings (the same
+        ``method_key``, which holds the prior's file hash); else ``None``."""
         if self.a.spread_calibration == "off" or not TUNED.exists():
             return None
         tuned = json.loads(TUNED.read_text()).get("prior_spread", {})
@@ -443,8 +444,8 @@ class Runner:
         the cached ``r24`` reanalysis autoregressively: its last ``window // 2`` states are the ``context``).
         """
         a = self.a
-        name = f"{date}_{observing}_{task}" if method != "unconditioned" else f"{date}_{task}"
-        path = self.path(method, name)
+        path = self.output((method, date, observing, task))
+        name = path.stem
         if path.exists():
             return path
         if self.over_budget():
@@ -509,7 +510,7 @@ class Runner:
     # -------------------------------------------------------------- EnKF
     def enkf(self, date: str, observing: str, cycles: int, forecast_hours: int) -> Path | None:
         a = self.a
-        out = a.cache / method_key(a, "enkf") / f"{date}_{observing}_c{cycles}_f{forecast_hours}"
+        out = self.output(("enkf", date, observing, str(cycles), str(forecast_hours)))
         done = out / "done.json"
         if done.exists():
             return out
@@ -622,16 +623,40 @@ class Runner:
                 "computed": [" ".join(j) for j in jobs_all if j not in cached],
                 "jobs_planned": [" ".join(j) for j in jobs_all],
             }
-            (self.a.cache / "last_run.json").write_text(json.dumps(record, indent=1))
+            runs = self._last_runs()
+            runs[self._plan_key(jobs_all)] = record
+            tmp = self.a.cache / f".last_run.json.tmp{os.getpid()}"
+            tmp.write_text(json.dumps(runs, indent=1))
+            os.replace(tmp, self.a.cache / "last_run.json")
+
+    @staticmethod
+    def _plan_key(jobs: list[tuple[str, ...]]) -> str:
+        """A configuration's key in ``last_run.json``: the hash of its job list (one cache serves several)."""
+        return hashlib.sha256("\n".join(sorted(" ".join(j) for j in jobs)).encode()).hexdigest()[:16]
+
+    def _last_runs(self) -> dict[str, dict[str, Any]]:
+        """``last_run.json``: per configuration (:meth:`_plan_key`), the invocation that last completed its table."""
+        f = self.a.cache / "last_run.json"
+        return json.loads(f.read_text()) if f.exists() else {}
         self.report()
+
+    def output(self, job: tuple[str, ...]) -> Path:
+        """Where ``job`` keeps its output in the cache: a zarr store (sampled jobs) or a directory (EnKF)."""
+        if job[0] == "enkf":
+            return self.a.cache / method_key(self.a, "enkf") / f"{job[1]}_{job[2]}_c{job[3]}_f{job[4]}"
+        name = f"{job[1]}_{job[3]}" if job[0] == "unconditioned" else f"{job[1]}_{job[2]}_{job[3]}"
+        return self.path(job[0], name)
 
     def done(self, job: tuple[str, ...]) -> bool:
         """Whether ``job``'s output is in the cache."""
+        out = self.output(job)
+        return (out / "done.json").exists() if job[0] == "enkf" else out.exists()
+
+    def _run_job(self, job: tuple[str, ...]) -> None:
         if job[0] == "enkf":
-            d = self.a.cache / method_key(self.a, "enkf") / f"{job[1]}_{job[2]}_c{job[3]}_f{job[4]}"
-            return (d / "done.json").exists()
-        name = f"{job[1]}_{job[3]}" if job[0] == "unconditioned" else f"{job[1]}_{job[2]}_{job[3]}"
-        return self.path(job[0], name).exists()
+            self.enkf(job[1], job[2], int(job[3]), int(job[4]))
+        else:
+            self.sampled(*job)
 
     @staticmethod
     def _needs(job: tuple[str, ...]) -> tuple[str, ...] | None:
@@ -671,10 +696,8 @@ class Runner:
                 try:
                     if self.over_budget():
                         self.skipped.append(" ".join(job))
-                    elif job[0] == "enkf":
-                        self.enkf(job[1], job[2], int(job[3]), int(job[4]))
                     else:
-                        self.sampled(*job)
+                        self._run_job(job)
                 finally:
                     (claim / "ended").touch()
                 break
@@ -693,10 +716,7 @@ class Runner:
                 self.report()  # a new date: refresh the page
                 dirty = False
             ran = time.perf_counter()
-            if job[0] == "enkf":
-                self.enkf(job[1], job[2], int(job[3]), int(job[4]))
-            else:
-                self.sampled(*job)
+            self._run_job(job)
             dirty = dirty or time.perf_counter() - ran > 5.0  # something was computed, not just found
             last = job[1]
 
@@ -1269,15 +1289,12 @@ def write_report(r: Runner, rows: list[dict[str, Any]], walls: dict[str, list[fl
 
 
 def _last_run_note(r: Runner) -> str:
-    """The wall time of the last invocation that completed the table (``last_run.json`` in the cache)."""
-    f = r.a.cache / "last_run.json"
-    if not f.exists():
+    """The wall time of the last invocation that completed this configuration's table (``last_run.json``)."""
+    jobs = r.jobs()
+    d = r._last_runs().get(r._plan_key(jobs))
+    if d is None:
         return ""
-    d = json.loads(f.read_text())
-    planned = [" ".join(j) for j in r.jobs()]
-    if set(d.get("jobs_planned", d["computed"])) != set(planned):  # recorded for another configuration
-        return ""
-    n, total = len(d["computed"]), len(planned)
+    n, total = len(d["computed"]), len(jobs)
     run = (
         f"{d['wall_min']:.0f} min from an empty cache, against issue #8's bar of 120 min on 2 cores"
         if n == total
