@@ -223,6 +223,27 @@ def test_train_prior_with_static_fields_and_a_lighter_decoder(tmp_path: Path) ->
                     str(tmp_path / "bare"), "--no-progress"])  # fmt: skip
 
 
+def test_keep_every_exempts_multiples_from_rotation(tmp_path: Path) -> None:
+    """``keep_every = 20``: steps 20 and 40 survive rotation (for a training curve); the others rotate as before."""
+    from appa_core.train.checkpoint import save_checkpoint
+    from appa_core.train.config import TrainConfig
+
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.Adam(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    root = tmp_path / "checkpoints"
+    for step in range(10, 70, 10):
+        save_checkpoint(root, step, model, opt, sched, {}, keep=2, keep_every=20)
+    assert sorted(p.name for p in root.glob("step_*")) == [
+        "step_00000020", "step_00000040", "step_00000050", "step_00000060"
+    ]  # fmt: skip
+    for step in range(70, 90, 10):
+        save_checkpoint(root, step, model, opt, sched, {}, keep=2)
+    assert sorted(p.name for p in root.glob("step_*")) == ["step_00000070", "step_00000080"]
+    with pytest.raises(ValueError, match="field 'keep_every' has value -1"):
+        TrainConfig(keep_every=-1)
+
+
 def test_rotation_counts_only_valid_checkpoints(tmp_path: Path) -> None:
     """Issue: checkpoint rotation deleted a still-valid checkpoint behind a damaged newer one. With step 10 valid and
     step 20 damaged, saving step 30 with ``keep=2`` keeps step 10 (the newest valid one before 30) and the damaged

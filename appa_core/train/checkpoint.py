@@ -110,8 +110,11 @@ def save_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     extra: dict[str, Any],
     keep: int = 2,
+    keep_every: int = 0,
 ) -> Path:
-    """Write checkpoint ``root/step_<step>`` atomically and point ``root/latest`` at it."""
+    """Write checkpoint ``root/step_<step>`` atomically and point ``root/latest`` at it, then remove older valid
+    checkpoints beyond the ``keep`` newest, except those whose step is a multiple of ``keep_every`` (``0``: none
+    is exempt), which stay for later evaluation (a training curve)."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp_step_{step:08d}_{os.getpid()}"
@@ -156,6 +159,8 @@ def save_checkpoint(
     os.replace(pointer, root / "latest")
     old = sorted(p for p in root.glob("step_*") if p.is_dir() and p.name != final.name)
     valid = [p for p in old if checkpoint_problem(p) is None]  # damaged ones are left for the user to inspect
+    if keep_every > 0:
+        valid = [p for p in valid if int(p.name.removeprefix("step_")) % keep_every != 0]
     for p in valid[: max(0, len(valid) - (keep - 1))]:
         shutil.rmtree(p, ignore_errors=True)
     return final

@@ -205,7 +205,7 @@ def run_training(
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             if info.main:
                 extra.update({"data_position": step * G, "epoch": (step * G) // n_items, "config": cfg.to_dict()})
-                save_checkpoint(ckpt_root, step, module, optimizer, scheduler, extra)
+                save_checkpoint(ckpt_root, step, module, optimizer, scheduler, extra, keep_every=cfg.keep_every)
             if info.enabled:
                 dist.barrier()
         if stop_after is not None and step >= stop_after:
