@@ -7,17 +7,18 @@ has cached OI for these dates)::
     python benchmarks/training_curve.py --checkpoint RUN/checkpoints/step_00003000 RUN/checkpoints/step_00006000 ... \\
         --cache CACHE --truth NATURERUN_HELDOUT.zarr --train NATURERUN_TRAIN.zarr [--observing sparse] [--write]
 
-For each checkpoint directory (``model.safetensors`` of the denoiser, in its run's ``checkpoints/`` or a copy of
-it; the run's ``metrics.jsonl`` is read from the directory two levels up), the prior is the bundled demo prior
-(``appa_core/assets/demo_prior``: autoencoder, normalisation, latent statistics) with the checkpoint's denoiser
-weights, stored in the shipped dtype. It goes into the twin cache's prior snapshots (``CACHE/priors/<sha256[:10]>``),
-``twin.py --methods prior --no-forecast --prior-hash H`` samples its 24-h reanalyses with the page's sampler settings
-(cached, ``--jobs 2``), and the ensemble-mean RMSE per headline variable is divided by OI's on the same dates and
-observations. The shipped prior's own checkpoint gives back the shipped files bit for bit (the same hash), so its
-point is the table's. ``--write`` stores the points in ``docs/training_curve.json``; the table is printed.
+For each checkpoint directory (``model.safetensors`` and ``state.json`` of the denoiser, in its run's
+``checkpoints/`` or a copy of it; the run's ``metrics.jsonl`` is read from the directory two levels up), the prior
+is the bundled demo prior (``appa_core/assets/demo_prior``: autoencoder, normalisation, latent statistics) with the
+checkpoint's denoiser weights, stored in the shipped dtype. It goes into the twin cache's prior snapshots
+(``CACHE/priors/<sha256[:10]>``), ``twin.py --methods prior --no-forecast --prior-hash H`` samples its 24-h
+reanalyses with the page's sampler settings (cached, ``--jobs 2``), and the ensemble-mean RMSE per headline
+variable is divided by OI's on the same dates and observations. The shipped prior's own checkpoint gives back the
+shipped files bit for bit (the same hash), so its point is the table's. ``--write`` stores the points in
+``docs/training_curve.json``; the table is printed.
 
-Training time is the run's ``time_s`` at that step in ``metrics.jsonl`` (wall time of the denoiser loop; the
-autoencoder's 33 min and the encoding come on top).
+Training time is the wall time of the denoiser loop up to that step (``time_s`` in ``metrics.jsonl``, summed over
+the segments of a resumed run; the autoencoder's 33 min and the encoding come on top).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -39,15 +41,26 @@ import twin
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "appa_core" / "assets" / "demo_prior"
-HEADLINE = ["Z500", "T850", "U850", "Q700", "T2M", "MSLP", "U10", "V10"]
+HEADLINE = list(twin.SCORED)
 
 
 def snapshot(checkpoint: Path, cache: Path) -> str:
-    """The shipped prior with ``checkpoint``'s denoiser, under ``cache/priors/<hash[:10]>``; returns the hash."""
+    """The shipped prior with ``checkpoint``'s denoiser, under ``cache/priors/<hash[:10]>``; returns the hash.
+
+    Raises ``SystemExit`` if the checkpoint's latent statistics are not the shipped prior's (a denoiser trained on
+    another autoencoder's latents)."""
+    state = json.loads((checkpoint / "state.json").read_text())
+    config = json.loads((SHIPPED / "config.json").read_text())
+    for key in ("latent_mean", "latent_std"):
+        if not np.allclose(state[key], config[key], rtol=1e-6, atol=1e-7):
+            raise SystemExit(f"training_curve: {checkpoint} has another {key} than the shipped prior's")
     with safe_open(str(SHIPPED / "denoiser.safetensors"), "pt") as f:
         meta = f.metadata()
         dtype = f.get_tensor(next(iter(f.keys()))).dtype
-    weights = {k: v.to(dtype).contiguous() for k, v in load_file(str(checkpoint / "model.safetensors")).items()}
+    weights = {
+        k: (v.to(dtype) if v.is_floating_point() else v).contiguous()
+        for k, v in load_file(str(checkpoint / "model.safetensors")).items()
+    }
     tmp = cache / "priors" / f".curve.tmp{os.getpid()}"
     tmp.mkdir(parents=True, exist_ok=True)
     for f in SHIPPED.iterdir():
@@ -57,30 +70,55 @@ def snapshot(checkpoint: Path, cache: Path) -> str:
     h = twin.prior_hash(tmp)
     final = cache / "priors" / h[:10]
     if final.exists():
-        for f in tmp.iterdir():
-            f.unlink()
-        tmp.rmdir()
+        shutil.rmtree(tmp)
     else:
         tmp.rename(final)
     return h
 
 
+def train_seconds(run: Path, step: int) -> float | None:
+    """Wall time of the training loop up to ``step``: ``time_s`` of ``metrics.jsonl``, summed over the segments of
+    a resumed run (``time_s`` restarts at each resume)."""
+    metrics = run / "metrics.jsonl"
+    if not metrics.exists():
+        return None
+    total, last, at = 0.0, 0.0, None
+    for line in metrics.read_text().splitlines():
+        m = json.loads(line) if line.strip() else {}
+        if "time_s" not in m or m.get("step", 0) > step:
+            continue
+        if m["time_s"] < last:  # a resume: a new segment
+            total += last
+        last = m["time_s"]
+        at = total + last
+    return at
+
+
 def run_point(checkpoint: Path, args: argparse.Namespace, common: list[str]) -> dict:
+    checkpoint = checkpoint.resolve()
+    step = int(json.loads((checkpoint / "state.json").read_text())["step"])
+    run = checkpoint.parents[1]
     h = snapshot(checkpoint, args.cache)
-    twin.main([*common, "--methods", "prior", "--no-forecast", "--prior-hash", h, "--jobs", str(args.jobs)])
+    rc = twin.main([*common, "--methods", "prior", "--no-forecast", "--prior-hash", h, "--jobs", str(args.jobs)])
     ns = twin.parse_args([*common, "--methods", "prior", "oi", "--no-forecast", "--prior-hash", h])
-    rows, _ = twin.Runner(ns).collect()
-    out: dict = {"checkpoint": f"{checkpoint.parents[1].name}/{checkpoint.name}", "prior_sha256": h}
-    step = int(checkpoint.name.rsplit("_", 1)[-1])
-    metrics = checkpoint.parents[1] / "metrics.jsonl"
-    if metrics.exists():
-        lines = [json.loads(s) for s in metrics.read_text().splitlines() if s.strip()]
-        at = [m for m in lines if m.get("step") == step]
-        out["train_s"] = next((m["time_s"] for m in at if "time_s" in m), None)
-        out["val_loss"] = next((m["val_loss"] for m in at if "val_loss" in m), None)
-    out["step"] = step
+    runner = twin.Runner(ns)
+    if rc != 0 or runner.missing():
+        raise SystemExit(f"training_curve: {checkpoint}: not cached after the run: {runner.missing()}")
+    rows, _ = runner.collect()
+    val = [m for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if m.get("step") == step]
+    out: dict = {
+        "checkpoint": f"{run.name}/{checkpoint.name}",
+        "step": step,
+        "train_s": train_seconds(run, step),
+        "val_loss": next((m["val_loss"] for m in val if "val_loss" in m), None),
+        "prior_sha256": h,
+    }
     for o in args.observing:
         sel = [r for r in rows if r["observing"] == o and r["task"] == "reanalysis" and r["window_h"] == 24]
+        for m in ("prior", "oi"):
+            dates = sorted({r["date"] for r in sel if r["method"] == m})
+            if dates != sorted(args.dates):
+                raise SystemExit(f"training_curve: {m} {o} is scored on {dates}, not on {sorted(args.dates)}")
         ratios = {}
         for v in HEADLINE:
             rmse = {
@@ -105,10 +143,12 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     # the page's settings (docs/results.md), 24-h reanalysis only
+    # (twin's own page goes to the cache, not to docs/)
     common = ["--dates", *args.dates, "--windows", "24", "--members", "8", "--steps", "16", "--gmres-iters", "8",
               "--tol", "0.03", "--warm-start", "on", "--oi-warm-start", "off", "--oi-rank", "128",
               "--oi-samples", "1024", "--observing", *args.observing, "--cache", str(args.cache),
-              "--truth", args.truth, "--train", args.train]  # fmt: skip
+              "--truth", args.truth, "--train", args.train,
+              "--docs", str(args.cache / "training-curve-docs")]  # fmt: skip
     points = [run_point(c, args, common) for c in args.checkpoint]
     head = "| checkpoint | denoiser training (min) | val loss | " + " | ".join(
         f"{o} {v}" for o in args.observing for v in HEADLINE
@@ -116,8 +156,8 @@ def main() -> None:
     print(head + " |")
     print("|---" * (3 + len(args.observing) * len(HEADLINE)) + "|")
     for pt in points:
-        t = f"{pt['train_s'] / 60:.0f}" if pt.get("train_s") else "-"
-        vl = f"{pt['val_loss']:.4f}" if pt.get("val_loss") else "-"
+        t = "-" if pt["train_s"] is None else f"{pt['train_s'] / 60:.0f}"
+        vl = "-" if pt["val_loss"] is None else f"{pt['val_loss']:.4f}"
         vals = " | ".join(f"{pt[o][v]:.2f}" for o in args.observing for v in HEADLINE)
         print(f"| {pt['checkpoint']} | {t} | {vl} | {vals} |")
     if args.write:

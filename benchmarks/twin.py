@@ -628,6 +628,7 @@ class Runner:
             tmp = self.a.cache / f".last_run.json.tmp{os.getpid()}"
             tmp.write_text(json.dumps(runs, indent=1))
             os.replace(tmp, self.a.cache / "last_run.json")
+        self.report()
 
     @staticmethod
     def _plan_key(jobs: list[tuple[str, ...]]) -> str:
@@ -638,7 +639,6 @@ class Runner:
         """``last_run.json``: per configuration (:meth:`_plan_key`), the invocation that last completed its table."""
         f = self.a.cache / "last_run.json"
         return json.loads(f.read_text()) if f.exists() else {}
-        self.report()
 
     def output(self, job: tuple[str, ...]) -> Path:
         """Where ``job`` keeps its output in the cache: a zarr store (sampled jobs) or a directory (EnKF)."""
@@ -823,7 +823,8 @@ class Runner:
         return [job for job in self.jobs() if not self.done(job)]
 
     def complete(self, date: str) -> bool:
-        """Whether the 24 h reanalyses and forecasts of the sampled methods are cached for every observing system."""
+        """Whether the 24 h reanalyses and forecasts (not with ``--no-forecast``) of the sampled methods are cached
+        for every observing system."""
         a = self.a
         fc = "fcc" if a.forecast_mode == "continue" else "fc"
         return all(
@@ -831,7 +832,7 @@ class Runner:
             for m in SAMPLED
             if m in a.methods
             for o in a.observing
-            for t in ("r24", fc)
+            for t in ("r24", fc)[: 1 if a.no_forecast else 2]
         )
 
     def window_dates(self) -> list[str]:

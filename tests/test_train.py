@@ -66,9 +66,11 @@ def test_sample_stream_and_windows() -> None:
 
 def test_autoencoder_loss_falls_and_resume_after_kill_is_exact(tmp_path: Path) -> None:
     data = _data()
-    full = train_autoencoder(_cfg(), data, tmp_path / "full", progress=False)
+    full = train_autoencoder(_cfg(keep_every=10), data, tmp_path / "full", progress=False)
     losses = _losses(tmp_path / "full")
     assert len(losses) == 30
+    kept = sorted(p.name for p in (tmp_path / "full" / "checkpoints").glob("step_*"))
+    assert kept == ["step_00000010", "step_00000020", "step_00000030"]  # keep_every: none rotated away
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:3])
     assert full["val_loss"] < 0.5
     rmse = json.loads((tmp_path / "full" / "reconstruction.json").read_text())
@@ -224,7 +226,9 @@ def test_train_prior_with_static_fields_and_a_lighter_decoder(tmp_path: Path) ->
 
 
 def test_keep_every_exempts_multiples_from_rotation(tmp_path: Path) -> None:
-    """``keep_every = 20``: steps 20 and 40 survive rotation (for a training curve); the others rotate as before."""
+    """``keep_every = 20``: steps 20, 40, 60 survive rotation (for a training curve) and stay when a later run saves
+    without ``keep_every``; the others rotate as before (the two newest); a folder that is not ``step_<8 digits>``
+    is left alone."""
     from appa_core.train.checkpoint import save_checkpoint
     from appa_core.train.config import TrainConfig
 
@@ -232,16 +236,19 @@ def test_keep_every_exempts_multiples_from_rotation(tmp_path: Path) -> None:
     opt = torch.optim.Adam(model.parameters())
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     root = tmp_path / "checkpoints"
+    (root / "step_00000010.bak").mkdir(parents=True)
     for step in range(10, 70, 10):
         save_checkpoint(root, step, model, opt, sched, {}, keep=2, keep_every=20)
-    assert sorted(p.name for p in root.glob("step_*")) == [
-        "step_00000020", "step_00000040", "step_00000050", "step_00000060"
-    ]  # fmt: skip
+    names = ["step_00000010.bak", "step_00000020", "step_00000040", "step_00000050", "step_00000060"]
+    assert sorted(p.name for p in root.glob("step_*")) == names
     for step in range(70, 90, 10):
         save_checkpoint(root, step, model, opt, sched, {}, keep=2)
-    assert sorted(p.name for p in root.glob("step_*")) == ["step_00000070", "step_00000080"]
+    names = ["step_00000010.bak", "step_00000020", "step_00000040", "step_00000060", "step_00000070", "step_00000080"]
+    assert sorted(p.name for p in root.glob("step_*")) == names
     with pytest.raises(ValueError, match="field 'keep_every' has value -1"):
         TrainConfig(keep_every=-1)
+    with pytest.raises(ValueError, match="field 'keep_every' has value 300; use 0 or a multiple of 'checkpoint_every'"):
+        TrainConfig(keep_every=300, checkpoint_every=250)
 
 
 def test_rotation_counts_only_valid_checkpoints(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -112,9 +113,10 @@ def save_checkpoint(
     keep: int = 2,
     keep_every: int = 0,
 ) -> Path:
-    """Write checkpoint ``root/step_<step>`` atomically and point ``root/latest`` at it, then remove older valid
-    checkpoints beyond the ``keep`` newest, except those whose step is a multiple of ``keep_every`` (``0``: none
-    is exempt), which stay for later evaluation (a training curve)."""
+    """Write checkpoint ``root/step_<step>`` atomically and point ``root/latest`` at it, then remove the valid
+    ``step_<8 digits>`` checkpoints older than the ``keep`` newest, except kept ones: a checkpoint whose step is a
+    multiple of ``keep_every`` (``0``: none) is marked ``"kept": true`` in its ``state.json`` and is never removed,
+    whatever a later run's ``keep_every`` (for later evaluation: a training curve)."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp_step_{step:08d}_{os.getpid()}"
@@ -146,6 +148,7 @@ def save_checkpoint(
         "rng_numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
         "rng_python": [py_state[0], list(py_state[1]), py_state[2]],
         **extra,
+        "kept": keep_every > 0 and step % keep_every == 0,
     }
     (tmp / "state.json").write_text(json.dumps(state, indent=1))
     if final.exists():
@@ -157,12 +160,11 @@ def save_checkpoint(
     pointer = root / f".latest.tmp{os.getpid()}"
     pointer.write_text(final.name)
     os.replace(pointer, root / "latest")
-    old = sorted(p for p in root.glob("step_*") if p.is_dir() and p.name != final.name)
-    valid = [p for p in old if checkpoint_problem(p) is None]  # damaged ones are left for the user to inspect
-    if keep_every > 0:
-        valid = [p for p in valid if int(p.name.removeprefix("step_")) % keep_every != 0]
+    old = sorted(p for p in root.glob("step_*") if p.is_dir() and re.fullmatch(r"step_\d{8}", p.name))
+    valid = [p for p in old if p.name != final.name and checkpoint_problem(p) is None]  # damaged ones stay
     for p in valid[: max(0, len(valid) - (keep - 1))]:
-        shutil.rmtree(p, ignore_errors=True)
+        if not _read_state(p).get("kept", False):
+            shutil.rmtree(p, ignore_errors=True)
     return final
 
 

@@ -41,8 +41,8 @@ class TrainConfig:
         lr: peak learning rate (AdamW); linear warmup over ``warmup`` steps then cosine decay to ``lr * min_lr_ratio``.
         weight_decay, betas, grad_clip: AdamW / clipping settings (``grad_clip <= 0`` disables clipping).
         checkpoint_every: steps between atomic checkpoints (and at the end); the two newest are kept.
-        keep_every: checkpoints at multiples of this step are never rotated away (``0``: none), e.g. to score
-            the prior along its training (``benchmarks/training_curve.py``).
+        keep_every: checkpoints at multiples of this step (a multiple of ``checkpoint_every``) are never rotated
+            away (``0``: none), e.g. to score the prior along its training (``benchmarks/training_curve.py``).
         val_every: steps between validation losses; ``val_samples``: size of the fixed validation subset.
         log_every: steps between metric lines.
         seed: seeds data order and every random draw (per sample, so results do not depend on the sharding).
@@ -79,8 +79,11 @@ class TrainConfig:
         for name in ("steps", "batch_size", "accumulation", "checkpoint_every", "val_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig: field {name!r} has value {getattr(self, name)} < 1")
-        if self.keep_every < 0:
-            raise ValueError(f"TrainConfig: field 'keep_every' has value {self.keep_every} < 0")
+        if self.keep_every < 0 or self.keep_every % self.checkpoint_every:
+            raise ValueError(
+                f"TrainConfig: field 'keep_every' has value {self.keep_every}; use 0 or a multiple of "
+                f"'checkpoint_every' ({self.checkpoint_every})"
+            )
         if self.lr <= 0:
             raise ValueError(f"TrainConfig: field 'lr' has value {self.lr} <= 0")
 
