@@ -14,8 +14,8 @@ checkpoint's denoiser weights, stored in the shipped dtype. It goes into the twi
 (``CACHE/priors/<sha256[:10]>``), ``twin.py --methods prior --no-forecast --prior-hash H`` samples its 24-h
 reanalyses with the page's sampler settings (cached, ``--jobs 2``), and the ensemble-mean RMSE per headline
 variable is divided by OI's on the same dates and observations. The shipped prior's own checkpoint gives back the
-shipped files bit for bit (the same hash), so its point is the table's. ``--write`` stores the points in
-``docs/training_curve.json``; the table is printed.
+shipped files bit for bit (the same hash), so its point is the table's. ``--write`` merges the points into
+``docs/training_curve.json`` (which ``twin.py`` shows on ``docs/results.md``); the table is printed.
 
 Training time is the wall time of the denoiser loop up to that step (``time_s`` in ``metrics.jsonl``, summed over
 the segments of a resumed run; the autoencoder's 33 min and the encoding come on top).
@@ -107,7 +107,7 @@ def run_point(checkpoint: Path, args: argparse.Namespace, common: list[str]) -> 
     rows, _ = runner.collect()
     val = [m for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if m.get("step") == step]
     out: dict = {
-        "checkpoint": f"{run.name}/{checkpoint.name}",
+        "checkpoint": f"{args.label or run.name}, step {step}",
         "step": step,
         "train_s": train_seconds(run, step),
         "val_loss": next((m["val_loss"] for m in val if "val_loss" in m), None),
@@ -139,6 +139,7 @@ def main() -> None:
     p.add_argument("--observing", nargs="+", default=["sparse"], choices=["sparse", "dense"])
     p.add_argument("--dates", nargs="+", default=["2000-02-01", "2000-03-01", "2000-04-01", "2000-05-01"])
     p.add_argument("--jobs", type=int, default=2, choices=[1, 2])
+    p.add_argument("--label", default=None, help="the run's name in the table (default: its directory's name)")
     p.add_argument("--write", action="store_true", help="store the points in docs/training_curve.json")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -160,10 +161,17 @@ def main() -> None:
         vl = "-" if pt["val_loss"] is None else f"{pt['val_loss']:.4f}"
         vals = " | ".join(f"{pt[o][v]:.2f}" for o in args.observing for v in HEADLINE)
         print(f"| {pt['checkpoint']} | {t} | {vl} | {vals} |")
-    if args.write:
+    if args.write:  # merged into the points already there (same dates): one invocation per observing system
         path = ROOT / "docs" / "training_curve.json"
+        old = json.loads(path.read_text()) if path.exists() else {"dates": args.dates, "points": []}
+        if old["dates"] != args.dates:
+            raise SystemExit(f"training_curve: {path} holds the dates {old['dates']}; remove it to change them")
+        merged = {pt["checkpoint"]: pt for pt in old["points"]}
+        for pt in points:
+            merged[pt["checkpoint"]] = {**merged.get(pt["checkpoint"], {}), **pt}
+        ordered = sorted(merged.values(), key=lambda pt: (pt["train_s"] is None, pt["train_s"] or 0, pt["checkpoint"]))
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"dates": args.dates, "points": points}, indent=1))
+        tmp.write_text(json.dumps({"dates": args.dates, "points": ordered}, indent=1))
         tmp.replace(path)
 
 

@@ -1011,6 +1011,33 @@ def solve_curve(r: Runner) -> str:
     return "\n".join(lines) + "\n"
 
 
+def training_curve(a: argparse.Namespace) -> str:
+    """The prior's 24-h reanalysis RMSE / OI's against the denoiser's training time, from
+    ``training_curve.json`` next to the page (written by ``benchmarks/training_curve.py --write``)."""
+    f = a.docs / "training_curve.json"
+    if not f.exists():
+        return ""
+    data = json.loads(f.read_text())
+    observing = [o for o in ("sparse", "dense") if any(o in pt for pt in data["points"])]
+    lines = [
+        "\n## The prior against its training time (24-h reanalysis)\n",
+        "RMSE of the prior's 8-member mean / OI's, on the dates "
+        f"{', '.join(data['dates'])}, with the denoiser of each checkpoint in place of the shipped one (same "
+        "autoencoder, sampler settings, seeds and observations; `benchmarks/training_curve.py`). Training time: "
+        "wall time of the denoiser loop on the 2 cores (the autoencoder's and the encoding come on top). "
+        "`-`: not scored.\n",
+        "| checkpoint | steps | denoiser training (min) | validation loss | observing | " + " | ".join(SCORED) + " |",
+        "|---" * (5 + len(SCORED)) + "|",
+    ]
+    for pt in data["points"]:
+        t = "-" if pt.get("train_s") is None else f"{pt['train_s'] / 60:.0f}"
+        v = "-" if pt.get("val_loss") is None else f"{pt['val_loss']:.4f}"
+        for o in observing:
+            cells = [_fmt(pt[o][k]) if o in pt else "-" for k in SCORED]
+            lines.append(f"| {pt['checkpoint']} | {pt['step']} | {t} | {v} | {o} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 #: an aggregate: key tuple -> {"rmse", "rmse_ci90", "crps", "spread", "ssr", "n", "dates"}
 Agg = dict[tuple, dict[str, float]]
 
@@ -1225,6 +1252,7 @@ def write_report(r: Runner, rows: list[dict[str, Any]], walls: dict[str, list[fl
                     )  # fmt: skip
     w("\n".join(wl) + "\n")
     w(solve_curve(r))
+    w(training_curve(a))
     w("\n## Time taken (this machine)\n")
     w(timing)
     w("\n## Plots\n")
