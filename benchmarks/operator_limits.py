@@ -315,9 +315,10 @@ def main() -> None:
             "limit leaves them out. Two hand-written kernels were "
             "tried (numba 0.68, 1 thread, idle machine, 2026-11-30) and are not used: fixed-width rows (ELLPACK: 8 "
             "column indices and weights per row, no row pointers, the row permutation fused into the loops) took "
-            "21.7 ms forward + adjoint against scipy's 23.3 ms in the same run (7 % less, not worth a compiled "
-            "dependency), and an adjoint that gathers over the transposed matrix's touched columns, writing the "
-            "gradient once instead of zeroing then scattering, took 31 ms against scipy's 12.9 ms. Neither closes "
+            "24.4 ms forward + adjoint against scipy's 24.6 ms in the same run (forward 8.3 against 10.4, adjoint "
+            "15.7 against 14.0: no gain worth a compiled dependency), and an adjoint that gathers over the "
+            "transposed matrix's touched columns, writing the gradient once instead of zeroing then scattering, "
+            "took 30.4 ms against scipy's 13.0 ms (`benchmarks/stations_kernels.py`, medians of 9). Neither closes "
             "the gap: on one thread the dependent loads of the gathers and the scatter's read-modify-write bound the "
             "time, not the weights stream.",
         ]
