@@ -623,8 +623,12 @@ class Runner:
                 "computed": [" ".join(j) for j in jobs_all if j not in cached],
                 "jobs_planned": [" ".join(j) for j in jobs_all],
             }
+            record["prior"] = self.phash[:10]
             runs = self._last_runs()
-            runs[self._plan_key(jobs_all)] = record
+            key = self._plan_key(jobs_all)
+            runs[key] = record
+            if not cached:  # the whole table's time: kept until another invocation computes it all again
+                runs[f"{key}/from-empty"] = record
             tmp = self.a.cache / f".last_run.json.tmp{os.getpid()}"
             tmp.write_text(json.dumps(runs, indent=1))
             os.replace(tmp, self.a.cache / "last_run.json")
@@ -975,18 +979,20 @@ def oi_tuning_note(a: argparse.Namespace) -> str:
 
 def solve_curve(r: Runner) -> str:
     """The prior's dense 24-h reanalysis of the first date against the GMRES iteration cap of its MMPS solve, from
-    whatever ``--gmres-iters`` variants are in the cache: how much of the gap to OI the capped solve explains."""
+    whatever ``--gmres-iters`` variants are in the cache, for every prior snapshot there (the page's first): how
+    much of the gap to OI the capped solve explains."""
     a = r.a
     date = a.dates[0]
     cold = argparse.Namespace(**{**vars(a), "warm_start": "off"})
     found = []
     for warm, ns in (("no", cold), ("yes", argparse.Namespace(**{**vars(a), "warm_start": "on"}))):
-        pattern = method_key(ns, "prior", r.phash).replace(f"-g{a.gmres_iters}-", "-g*-")
+        key = method_key(ns, "prior", r.phash)
+        pattern = key.replace(f"-g{a.gmres_iters}-", "-g*-").replace(r.phash[:10], "*")
         for d in sorted(a.cache.glob(pattern)):
             p = d / f"{date}_dense_r24.zarr"
             g = d.name.split("-g")[-1].split("-")[0]
             if p.exists() and g.isdigit() and d.name.endswith("-w") == (warm == "yes"):
-                found.append((warm, int(g), p))
+                found.append((d.name.split("-")[1], warm, int(g), p))
     if len(found) < 2:
         return ""
     _, _, _, tds = r.truth.get(date)
@@ -995,19 +1001,21 @@ def solve_curve(r: Runner) -> str:
         "RMSE of the 8-member mean with the GMRES cap of the MMPS solve raised (same tolerance, seeds and "
         "observations; `--gmres-iters`), with solves from zero (warm start no, `--warm-start off`) and from the "
         "previous step's solution (yes, the default; one more product per call), and the normalized innovation "
-        "RMS of the stations (1 is a fit within the observation error). Wall time on the shared machine.\n",
-        "| warm start | GMRES cap | "
+        "RMS of the stations (1 is a fit within the observation error). Wall time on the shared machine. `prior`: the "
+        "weights' hash (other than this page's: an earlier demo prior, same architecture).\n",
+        "| prior | warm start | GMRES cap | "
         + " | ".join(f"{k} ({SCORED[k][3]})" for k in SCORED)
         + " | stations' innovation | wall (s) |",
-        "|---" * (len(SCORED) + 4) + "|",
+        "|---" * (len(SCORED) + 5) + "|",
     ]
-    for warm, g, p in sorted(found):
+    for prior, warm, g, p in sorted(found, key=lambda f: (f[0] != r.phash[:10], f[0], f[1], f[2])):
         ds = xr.open_zarr(p).load()
         sc = score(ds, tds)
         cells = [_fmt(float(np.sqrt(np.mean(sc[k]["mse"])))) for k in SCORED]  # score() is in display units
         st = json.loads(ds.attrs.get("innovation_rms_in_std", "{}")).get("stations")
         wall = float(ds.attrs.get("wall_s", "nan"))
-        lines.append(f"| {warm} | {g} | " + " | ".join(cells) + f" | {_fmt(st)} | {wall:.0f} |")
+        name = f"{prior} (this page's)" if prior == r.phash[:10] else prior
+        lines.append(f"| {name} | {warm} | {g} | " + " | ".join(cells) + f" | {_fmt(st)} | {wall:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -1025,15 +1033,16 @@ def training_curve(a: argparse.Namespace) -> str:
         f"{', '.join(data['dates'])}, with the denoiser of each checkpoint in place of the shipped one (same "
         "autoencoder, sampler settings, seeds and observations; `benchmarks/training_curve.py`). Training time: "
         "wall time of the denoiser loop on the 2 cores (the autoencoder's and the encoding come on top). "
-        "`-`: not scored.\n",
+        "Checkpoints before the end of their run are taken at a higher learning rate than an annealed run of that "
+        "length would end with.\n",
         "| checkpoint | steps | denoiser training (min) | validation loss | observing | " + " | ".join(SCORED) + " |",
         "|---" * (5 + len(SCORED)) + "|",
     ]
     for pt in data["points"]:
         t = "-" if pt.get("train_s") is None else f"{pt['train_s'] / 60:.0f}"
         v = "-" if pt.get("val_loss") is None else f"{pt['val_loss']:.4f}"
-        for o in observing:
-            cells = [_fmt(pt[o][k]) if o in pt else "-" for k in SCORED]
+        for o in (o for o in observing if o in pt):
+            cells = [_fmt(pt[o][k]) for k in SCORED]
             lines.append(f"| {pt['checkpoint']} | {pt['step']} | {t} | {v} | {o} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -1318,22 +1327,31 @@ def write_report(r: Runner, rows: list[dict[str, Any]], walls: dict[str, list[fl
 
 
 def _last_run_note(r: Runner) -> str:
-    """The wall time of the last invocation that completed this configuration's table (``last_run.json``)."""
+    """The wall time of the whole table (the last invocation that computed it all, ``last_run.json``) and of the
+    last invocation that completed it, if another."""
     jobs = r.jobs()
-    d = r._last_runs().get(r._plan_key(jobs))
-    if d is None:
-        return ""
-    n, total = len(d["computed"]), len(jobs)
-    run = (
-        f"{d['wall_min']:.0f} min from an empty cache, against issue #8's bar of 120 min on 2 cores"
-        if n == total
-        else f"{d['wall_min']:.0f} min for the invocation that completed it, which computed {n} of its {total} runs "
-        "(the others were in the cache, so this is not the time of the whole table)"
-    )
-    return (
-        f"* **wall time of the whole table**: {run} (`--jobs {d['jobs']}`, {d['threads']} torch thread per "
-        f"process; finished {d['finished']}, load average {d['load_average_end']} at the end).\n"
-    )
+    key = r._plan_key(jobs)
+    runs = r._last_runs()
+    full, last = runs.get(f"{key}/from-empty"), runs.get(key)
+    out = []
+    for d in (full, last):
+        if d is None or (d is last and full is not None and d["finished"] == full["finished"]):
+            continue
+        n, total = len(d["computed"]), len(jobs)
+        prior = d.get("prior")
+        with_prior = "" if prior in (None, r.phash[:10]) else f" with the prior {prior} (same architecture and sampler)"
+        run = (
+            f"{d['wall_min']:.0f} min from an empty cache{with_prior}, against issue #8's bar of 120 min on 2 cores"
+            if n == total
+            else f"{d['wall_min']:.0f} min for the last invocation that completed it, which computed {n} of its "
+            f"{total} runs (the others were in the cache)"
+        )
+        label = "wall time of the whole table" if n == total else "last invocation"
+        out.append(
+            f"* **{label}**: {run} (`--jobs {d['jobs']}`, {d['threads']} torch thread per "
+            f"process; finished {d['finished']}, load average {d['load_average_end']} at the end).\n"
+        )
+    return "".join(out)
 
 
 def timing_rows(r: Runner, walls: dict[str, list[float]]) -> str:
