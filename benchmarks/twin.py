@@ -1299,7 +1299,7 @@ def write_report(r: Runner, rows: list[dict[str, Any]], walls: dict[str, list[fl
         "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": " ".join(_rel(x) for x in sys.argv),
         "mode": a.mode,
-        "config": {k: (_rel(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
+        "config": {k: (_rel(v) if isinstance(v, Path) or k in ("truth", "train") else v) for k, v in vars(a).items()},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
         "prior": {"source": "appa_core/assets/demo_prior", "snapshot": _rel(r.prior_dir), "sha256": r.phash},
         "oi_build_s": r.oi_build_s,
