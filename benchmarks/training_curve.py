@@ -96,15 +96,11 @@ def _same_prior(a: Path, b: Path) -> bool:
     return True
 
 
-def train_seconds(run: Path, step: int) -> float | None:
-    """Wall time of the training loop up to ``step``: ``time_s`` of ``metrics.jsonl``, summed over the segments of
-    a resumed run (``time_s`` restarts at each resume)."""
-    metrics = run / "metrics.jsonl"
-    if not metrics.exists():
-        return None
+def train_seconds(metrics: list[dict], step: int) -> float | None:
+    """Wall time of the training loop up to ``step`` from the lines of ``metrics.jsonl``: ``time_s``, summed over
+    the segments of a resumed run (``time_s`` restarts at each resume)."""
     total, last, at = 0.0, 0.0, None
-    for line in metrics.read_text().splitlines():
-        m = json.loads(line) if line.strip() else {}
+    for m in metrics:
         if "time_s" not in m or m.get("step", 0) > step:
             continue
         if m["time_s"] < last:  # a resume: a new segment
@@ -125,12 +121,13 @@ def run_point(checkpoint: Path, args: argparse.Namespace, common: list[str]) -> 
     if rc != 0 or runner.missing():
         raise SystemExit(f"training_curve: {checkpoint}: not cached after the run: {runner.missing()}")
     rows, _ = runner.collect()
-    val = [m for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if m.get("step") == step]
+    path = run / "metrics.jsonl"
+    metrics = [json.loads(s) for s in path.read_text().splitlines() if s.strip()] if path.exists() else []
     out: dict = {
         "checkpoint": f"{args.label or run.name}, step {step}",
         "step": step,
-        "train_s": train_seconds(run, step),
-        "val_loss": next((m["val_loss"] for m in val if "val_loss" in m), None),
+        "train_s": train_seconds(metrics, step),
+        "val_loss": next((m["val_loss"] for m in metrics if m.get("step") == step and "val_loss" in m), None),
         "prior_sha256": h,
     }
     for o in args.observing:
@@ -165,9 +162,8 @@ def main() -> None:
     torch.set_num_threads(1)
     # the page's settings (docs/results.md), 24-h reanalysis only
     # (twin's own page goes to the cache, not to docs/)
-    common = ["--dates", *args.dates, "--windows", "24", "--members", "8", "--steps", "16", "--gmres-iters", "8",
-              "--tol", "0.03", "--warm-start", "on", "--oi-warm-start", "off", "--oi-rank", "128",
-              "--oi-samples", "1024", "--observing", *args.observing, "--cache", str(args.cache),
+    common = ["--dates", *args.dates, "--windows", "24", *twin.PAGE_PRIOR_ARGS, "--oi-warm-start", "off",
+              "--oi-rank", "128", "--oi-samples", "1024", "--observing", *args.observing, "--cache", str(args.cache),
               "--truth", args.truth, "--train", args.train,
               "--docs", str(args.cache / "training-curve-docs")]  # fmt: skip
     points = [run_point(c, args, common) for c in args.checkpoint]

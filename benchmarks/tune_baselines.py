@@ -44,7 +44,7 @@ import xarray as xr
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from twin import ENKF_CLI, TUNED, Truth, _rel, method_key, prior_hash, states  # noqa: E402
+from twin import ENKF_CLI, PAGE_PRIOR_ARGS, TUNED, Truth, _rel, method_key, prior_hash, states  # noqa: E402
 from twin import parse_args as twin_args  # noqa: E402
 
 EARTH_LABELS = ("Z500", "T850", "U850", "Q700", "T2M", "MSLP", "U10", "V10")
@@ -72,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--spread-dates", nargs="+", default=["2000-12-05", "2000-12-19"])
     p.add_argument(
         "--prior-args",
-        default="--members 8 --steps 16 --gmres-iters 8 --tol 0.03 --warm-start on",
+        default=" ".join(PAGE_PRIOR_ARGS),
         help="the twin's sampler settings for the prior (the calibration holds for these only)",
     )
     p.add_argument(

@@ -83,6 +83,9 @@ ENKF_CLI = shutil.which("appa-naturerun-enkf") or str(Path(sys.executable).paren
 TUNED = ROOT / "benchmarks" / "tuned_baselines.json"
 METHODS = ("prior", "oi", "enkf", "climatology", "persistence", "unconditioned")
 SAMPLED = ("prior", "oi")
+#: The prior's sampler settings of the results page (``docs/results.md``), also those its spread factors are fitted
+#: for (``tune_baselines.py --prior-args``) and the training curve's (``training_curve.py``).
+PAGE_PRIOR_ARGS = ("--members", "8", "--steps", "16", "--gmres-iters", "8", "--tol", "0.03", "--warm-start", "on")
 #: label -> (variable, level, display factor, display unit)
 SCORED: dict[str, tuple[str, int | None, float, str]] = {
     "Z500": ("geopotential", 500, 1.0, "m2/s2"),
