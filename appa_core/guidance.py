@@ -14,7 +14,9 @@ and the guided denoiser is
 .. math:: E[z \mid z_t, y] \approx \hat z + \sigma_t^2 J^\top \hat A^\top u,\qquad
           (\Sigma_y + \hat A V_t \hat A^\top)\,u = y - \mathcal{A}(\hat z).
 
-All products are matrix-free: :math:`\hat A v` by forward-mode AD (``torch.func.jvp``), :math:`\hat A^\top u` and
+All products are matrix-free: :math:`\hat A v` by the observation map's linearization when it has one
+(:class:`ObservationMap`: the latent prior's decoder is linearized once per call, then each product costs one
+convolution per decoder convolution), else by forward-mode AD (``torch.func.jvp``); :math:`\hat A^\top u` and
 :math:`J^\top v` by vector-Jacobian products on the single retained graph of the denoiser call (``V_t v`` uses
 :math:`J^\top` for :math:`J`, exact when the denoiser is exact, since then ``J`` is symmetric). The system is
 solved by CG or GMRES (:mod:`appa_core.linalg`) in float64, symmetrically scaled by the diagonal of
@@ -61,6 +63,7 @@ __all__ = [
     "GuidanceError",
     "GuidanceReport",
     "KnownStates",
+    "ObservationMap",
     "PosteriorDenoiser",
     "WarmStart",
     "guided_denoiser",
@@ -244,8 +247,7 @@ class MMPS:
         def cov_z(v: Tensor) -> Tensor:
             return s2 * torch.autograd.grad(z_hat, z_t, v, retain_graph=True)[0]
 
-        def jvp_obs(v: Tensor) -> Tensor:
-            return torch.func.jvp(observe, (z_hat.detach(),), (v,))[1]
+        jvp_obs = _tangent_map(observe, z_hat)
 
         w = torch.ones_like(r)
         if self.irls and not noise.gaussian:
@@ -294,6 +296,49 @@ class MMPS:
                 )
         report = GuidanceReport(info.converged, info.iterations, float(info.residual.max()), per_op, where)
         return out, report
+
+
+@attrs.frozen
+class ObservationMap:
+    r"""An observation map ``fn(z) -> y`` with a cheaper linearization than ``torch.func.jvp`` of ``fn``.
+
+    ``linearize(z)`` returns the tangent map ``v -> d fn(z) v`` (or ``None`` when it has none here). MMPS calls it
+    once per guided call, at :math:`\hat z`, and the tangent map once per solver iteration. ``torch.func.jvp``
+    would rerun the primal pass every iteration and, through each convolution, also convolve the primal with
+    the weights' zero tangent. :class:`PosteriorDenoiser` builds one from the prior's ``linearize_decode`` (when
+    the prior has it) and ``torch.func.jvp`` of the operators alone. Any callable works where an ``observe`` is
+    expected; this one only adds the shortcut.
+    """
+
+    fn: Callable[[Tensor], Tensor]
+    linearize: Callable[[Tensor], Callable[[Tensor], Tensor] | None]
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return self.fn(z)
+
+    @classmethod
+    def through_decoder(cls, prior: DiffusionPrior, observe_states: Callable[[Tensor], Tensor]) -> ObservationMap:
+        """``z -> observe_states(prior.decode(z))`` (e.g. an :class:`~appa_core.ObsSet` of states ``[B, T, C, H, W]``),
+        linearized through ``prior.linearize_decode`` when the prior has it (then ``torch.func.jvp`` runs through
+        ``observe_states`` alone)."""
+
+        def linearize(z: Tensor) -> Callable[[Tensor], Tensor] | None:
+            linearize_decode = getattr(prior, "linearize_decode", None)
+            if linearize_decode is None:
+                return None
+            x, dx_of = linearize_decode(z)
+            return lambda v: torch.func.jvp(observe_states, (x,), (dx_of(v),))[1]
+
+        return cls(lambda z: observe_states(prior.decode(z)), linearize)
+
+
+def _tangent_map(observe: Callable[[Tensor], Tensor], z: Tensor) -> Callable[[Tensor], Tensor]:
+    """``v -> d observe(z) v``: :attr:`ObservationMap.linearize` when ``observe`` has it, else ``torch.func.jvp``."""
+    z = z.detach()
+    lin = observe.linearize(z) if isinstance(observe, ObservationMap) else None
+    if lin is not None:
+        return lin
+    return lambda v: torch.func.jvp(observe, (z,), (v,))[1]
 
 
 @attrs.frozen
@@ -352,7 +397,8 @@ def guided_denoiser(
 
     Args:
         denoise: ``denoise(z_t, sigma) -> E[z | z_t]`` (differentiable).
-        observe: ``observe(z) -> [B, M]`` (e.g. ``lambda z: obsset(prior.decode(z))``).
+        observe: ``observe(z) -> [B, M]`` (e.g. ``lambda z: obsset(prior.decode(z))``; with
+            ``ObservationMap.through_decoder(prior, obsset)`` each solver iteration runs the linearized decoder).
         y: ``[M]`` or ``[B, M]``; noise: size ``M``; guidance: default ``MMPS()``.
 
     The returned function is meant for one sampling trajectory: with ``MMPS(warm_start=True)`` each call's solve
@@ -576,17 +622,47 @@ class PosteriorDenoiser:
         nw, b = zh.shape[:2]
         ys = []
         if self.obs is not None:
-            flat = zh.reshape(nw * b, *zh.shape[2:])
-            x = self.prior.decode(flat)
-            x = x.reshape(nw, b, *x.shape[1:])
-            x_frame = self._embed_time(x, self._fill_state(x)) if self._embed else x.reshape(nw * b, *x.shape[2:])
-            ys.append(self.obs(x_frame).reshape(nw, b, -1))
+            x = self.prior.decode(zh.reshape(nw * b, *zh.shape[2:]))
+            ys.append(self.obs(self._frame(x.reshape(nw, b, *x.shape[1:]), self._fill_state(x))).reshape(nw, b, -1))
         if self.known is not None:
-            zero = torch.zeros((1, 1, *zh.shape[3:]), dtype=zh.dtype, device=zh.device)
-            z_frame = self._embed_time(zh, zero) if self._embed else zh.reshape(nw * b, *zh.shape[2:])
-            idx = torch.as_tensor(np.asarray(self.known.index), device=zh.device)
-            ys.append(z_frame[:, idx].reshape(nw, b, -1))
+            ys.append(self._known_rows(zh))
         return torch.cat(ys, dim=-1)
+
+    def _frame(self, x: Tensor, fill: Tensor) -> Tensor:
+        """``[W, B, K, *] -> [W*B, L or K, *]``: the windows' states placed in the frame (``fill`` elsewhere)."""
+        return self._embed_time(x, fill) if self._embed else x.reshape(-1, *x.shape[2:])
+
+    def _known_rows(self, zh: Tensor) -> Tensor:
+        """The known-state rows ``[W, B, M_known]`` of ``zh`` (linear in ``zh``)."""
+        assert self.known is not None
+        nw, b = zh.shape[:2]
+        z_frame = self._frame(zh, torch.zeros((1, 1, *zh.shape[3:]), dtype=zh.dtype, device=zh.device))
+        idx = torch.as_tensor(np.asarray(self.known.index), device=zh.device)
+        return z_frame[:, idx].reshape(nw, b, -1)
+
+    def _linearize_observe(self, zh: Tensor) -> Callable[[Tensor], Tensor] | None:
+        """The tangent map of :meth:`_observe` at ``zh`` (see :class:`ObservationMap`); ``None`` when the prior has
+        no ``linearize_decode``."""
+        linearize_decode = getattr(self.prior, "linearize_decode", None)
+        if self.obs is not None and linearize_decode is None:
+            return None
+        nw, b = zh.shape[:2]
+        obs = self.obs
+        if obs is not None:
+            x, dx_of = linearize_decode(zh.reshape(nw * b, *zh.shape[2:]))
+            x_frame = self._frame(x.reshape(nw, b, *x.shape[1:]), self._fill_state(x))
+
+        def tangent(v: Tensor) -> Tensor:
+            ys = []
+            if obs is not None:
+                dx = dx_of(v.reshape(nw * b, *v.shape[2:]))
+                dx_frame = self._frame(dx.reshape(nw, b, *dx.shape[1:]), torch.zeros_like(self._fill_state(dx)))
+                ys.append(torch.func.jvp(obs, (x_frame,), (dx_frame,))[1].reshape(nw, b, -1))
+            if self.known is not None:
+                ys.append(self._known_rows(v))
+            return torch.cat(ys, dim=-1)
+
+        return tangent
 
     def _targets(self, nw: int, b: int, like: Tensor) -> Tensor:
         ys = []
@@ -629,7 +705,7 @@ class PosteriorDenoiser:
                     zw,
                     zh,
                     y_hat,
-                    self._observe,
+                    ObservationMap(self._observe, self._linearize_observe),
                     y,
                     self.noise,
                     sig_wb,
@@ -667,8 +743,8 @@ class PosteriorDenoiser:
                 y_hat = win.observe(zh)
                 y = win.targets(b, y_hat)
                 out, report = self.guidance.guide(
-                    leaf, zh, y_hat, win.observe, y, win.noise, sigma.reshape(1, b), None, win.names, where,
-                    win.unit_rows, warm,
+                    leaf, zh, y_hat, ObservationMap(win.observe, win.linearize), y, win.noise, sigma.reshape(1, b),
+                    None, win.names, where, win.unit_rows, warm,
                 )  # fmt: skip
             reports.append(report)
             outs.append(out[0])
@@ -749,6 +825,26 @@ class _Window:
             idx = torch.as_tensor(np.asarray(self.known.index), device=zh.device)
             ys.append(zh[0][:, idx].reshape(zh.shape[1], -1))
         return torch.cat(ys, dim=-1)[None]
+
+    def linearize(self, zh: Tensor) -> Callable[[Tensor], Tensor] | None:
+        """The tangent map of :meth:`observe` at ``zh`` (``None`` when the prior has no ``linearize_decode``)."""
+        linearize_decode = getattr(self.prior, "linearize_decode", None)
+        if self.ops and linearize_decode is None:
+            return None
+        if self.ops:
+            x, dx_of = linearize_decode(zh[0])
+
+        def tangent(v: Tensor) -> Tensor:
+            ys = []
+            if self.ops:
+                dx = dx_of(v[0])
+                ys.extend(torch.func.jvp(op, (x,), (dx,))[1] for op in self.ops)
+            if self.known is not None:
+                idx = torch.as_tensor(np.asarray(self.known.index), device=v.device)
+                ys.append(v[0][:, idx].reshape(v.shape[1], -1))
+            return torch.cat(ys, dim=-1)[None]
+
+        return tangent
 
     def targets(self, b: int, like: Tensor) -> Tensor:
         ys = [self.values.to(device=like.device).expand(b, -1)] if self.ops else []

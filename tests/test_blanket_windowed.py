@@ -97,3 +97,55 @@ def test_windowed_with_known_states() -> None:
     z = full.encode(full.sample(2, g)) + 1.0 * torch.randn(2, *full.state_shape, generator=g, dtype=F64)
     sig = torch.full((2,), 1.0, dtype=F64)
     assert float((win(z, sig) - batched(z, sig)).abs().max()) < 1e-9
+
+
+@pytest.mark.parametrize("windowed", [True, False])
+def test_latent_prior_linearized_products_equal_forward_mode(windowed: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MMPS's products through the latent prior's linearized decoder (``Prior.linearize_decode``, built once per
+    call) give the guided output that ``torch.func.jvp`` of the whole observation map gives, windowed or not,
+    with known states; and the linearization is what runs."""
+    from _guided_helpers import tiny_latent_prior
+
+    prior = tiny_latent_prior()
+    spec, grid, length = prior.spec, prior.grid, 6
+    times = window_times(length)
+    g = np.random.default_rng(2)
+    variables = np.array(spec.surface + tuple(f"{v}@{lev}" for v in spec.atmospheric for lev in spec.levels))
+    n_obs = 30
+    op = Points(
+        variable=variables[g.integers(0, variables.size, n_obs)],
+        lat=g.uniform(-80, 80, n_obs),
+        lon=g.uniform(0, 360, n_obs),
+        time=times[g.integers(0, length, n_obs)],
+        value=g.normal(280, 5, n_obs),
+        error=0.5,
+        name="points",
+    )
+    obs = ObsSet([op]).prepare(grid, spec, times)
+    bl = Blanket(length, prior.window, 2)
+    gen = torch.Generator().manual_seed(5)
+    z = torch.randn(2, length, *prior.latent_shape, generator=gen)
+    known = KnownStates(np.array([0]), torch.randn(1, 1, *prior.latent_shape, generator=gen), 1e-2)
+    sig = torch.full((2,), 1.5)
+    calls = []
+    linearize = prior.linearize_decode
+
+    def counted(zz: torch.Tensor):  # type: ignore[no-untyped-def]
+        calls.append(zz.shape)
+        return linearize(zz)
+
+    def guided() -> torch.Tensor:
+        den = PosteriorDenoiser(
+            prior, times, bl.starts, bl.size, bl.keep, 0, length, obs=obs, known=known, windowed=windowed,
+            row_range=observation_time_ranges(obs, prior, length), guidance=MMPS("gmres", 4, None, warm_start=False),
+        )  # fmt: skip
+        assert (den.windows is not None) == windowed
+        return den(z, sig)
+
+    monkeypatch.setattr(prior, "linearize_decode", counted)
+    fast = guided()
+    assert calls, "the linearized decoder was not used"
+    monkeypatch.setattr(prior, "linearize_decode", None)  # no linearization: torch.func.jvp per product
+    slow = guided()
+    assert float((fast - z).abs().max()) > 1e-2  # the guidance moved the state
+    assert float((fast - slow).abs().max() / (slow - z).abs().max()) < 1e-4

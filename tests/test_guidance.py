@@ -11,7 +11,7 @@ from _guided_helpers import DT, T0, MaskedMean, PointPick, WindSpeed, ar1_prior,
 from appa_core.diffusion.integrators import init_noise, make_sampler, sigma_grid
 from appa_core.distributed import member_generators
 from appa_core.grid import Grid
-from appa_core.guidance import MMPS, GuidanceError, guided_denoiser
+from appa_core.guidance import MMPS, GuidanceError, ObservationMap, guided_denoiser
 from appa_core.linalg import cg, gmres
 from appa_core.obs import ObsSet
 from appa_core.obs.errors import CorrelatedGaussian, DiagonalGaussian, Huber
@@ -335,3 +335,34 @@ def test_warm_start_ignores_a_guess_of_another_shape() -> None:
 
     w = WarmStart(torch.ones(2, 5))
     assert w.guess(torch.zeros(2, 5)) is not None and w.guess(torch.zeros(3, 5)) is None
+
+
+def test_observation_map_through_decoder_equals_forward_mode_ad() -> None:
+    """``ObservationMap.through_decoder``: on the latent prior, the guided output with the linearized decoder equals
+    the one with ``torch.func.jvp`` of the whole map (linear and nonlinear operators); on a prior without
+    ``linearize_decode`` it falls back to ``torch.func.jvp``."""
+    from _guided_helpers import tiny_latent_prior
+
+    prior = tiny_latent_prior()
+    times = window_times(2)
+    n, (h, w) = prior.spec.n_channels, prior.grid.shape
+    d = n * h * w
+    pick = PointPick(index=[3, d + 70, 2 * d - 11, 40], obs=[280.0, 275.0, 262.0, 281.0], noise=DiagonalGaussian(0.5))
+    wspd = WindSpeed(where=[[0, 2, 3], [1, 5, 9]], obs=[11.0, 7.0], noise=DiagonalGaussian(0.5), name="wspd")
+    obs = ObsSet([pick, wspd]).prepare(prior.grid, prior.spec, times)
+    fast = ObservationMap.through_decoder(prior, obs)
+    gen = torch.Generator().manual_seed(1)
+    z = torch.randn(2, *prior.event_shape(2), generator=gen)
+    assert fast.linearize(z) is not None
+    torch.testing.assert_close(fast(z), obs(prior.decode(z)))
+    sig = torch.tensor([0.8, 3.0])
+    mmps = MMPS("gmres", 5, None, warm_start=False)
+
+    def guided(observe) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        return guided_denoiser(lambda zz, s: prior.denoise(zz, s), observe, obs.values, obs.noise, mmps)(z, sig)
+
+    a, b = guided(fast), guided(lambda zz: obs(prior.decode(zz)))
+    assert float((b - z).abs().max()) > 1e-2
+    assert float((a - b).abs().max() / (b - z).abs().max()) < 1e-4
+    gauss = _priors()[0]
+    assert ObservationMap.through_decoder(gauss, obs).linearize(torch.zeros(1, *gauss.state_shape)) is None

@@ -210,3 +210,31 @@ def test_params_command_prints_counts(capsys: pytest.CaptureFixture[str]) -> Non
     assert math.isclose(
         float(out.split("total")[1].split("M")[0]), count_parameters("paper")["total"] / 1e6, abs_tol=0.01
     )
+
+
+@pytest.mark.parametrize(
+    ("height", "static"),
+    [(16, 0), (14, 0), (16, 2)],  # plain; rows padded and cropped; static fields at both resolutions
+)
+def test_linearize_decode_equals_forward_mode_ad(height: int, static: int) -> None:
+    """``Autoencoder.linearize_decode``: the primal is ``decode(z)`` and the tangent map is ``torch.func.jvp``'s, to
+    float64 rounding, for several directions from one linearization."""
+    torch.manual_seed(0)
+    cfg = AutoencoderConfig(
+        in_channels=3, latent_channels=4, channels=(8, 16, 16), blocks=(0, 1, 1), static_channels=static
+    )
+    fields = torch.randn(static, height, 32) if static else None
+    ae = Autoencoder(cfg, height, 32, static=fields).double().eval()
+    _randomize(ae, 1)
+    ae.requires_grad_(False)
+    z = torch.randn(2, *ae.latent_shape, dtype=torch.float64)
+    x, tangent = ae.linearize_decode(z)
+    torch.testing.assert_close(x, ae.decode(z), atol=1e-12, rtol=1e-12)
+    for _ in range(3):
+        v = torch.randn_like(z)
+        ref = torch.func.jvp(ae.decode, (z,), (v,))[1]
+        got = tangent(v)
+        assert got.shape == (2, 3, height, 32)
+        assert float((got - ref).abs().max() / ref.abs().max()) < 1e-12
+    with pytest.raises(ValueError, match=r"Autoencoder\.linearize_decode: expected \[N, 4, 4, 8\]"):
+        ae.linearize_decode(torch.randn(2, 3, 4, 8, dtype=torch.float64))

@@ -28,11 +28,18 @@ gives them to both halves: concatenated to the encoder's input, and to the decod
 (plain means over ``f x f`` cells) and again at full resolution before its output convolution. The latent therefore
 spends no capacity on what is known everywhere and always (Appa conditions its autoencoder the same way). The
 buffer is saved with the weights (``autoencoder.safetensors``), so a prior directory stays self-contained.
+
+**Linearization.** :meth:`Autoencoder.linearize_decode` returns ``decode(z)`` and the map
+:math:`v \mapsto J_{decode}(z)\, v`, built from one forward pass whose activations every later product reuses.
+Guidance needs this product once per solver iteration at a fixed ``z``. ``torch.func.jvp`` reruns the primal pass
+each time and, for every convolution, also convolves the input with the weights' zero tangent: three convolutions
+where the tangent needs one (measured on the demo decoder: 3.4x the time of the tangent map).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import attrs
 import numpy as np
@@ -214,6 +221,14 @@ class _Conv(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(self.pad(x))
 
+    def tangent(self, dx: Tensor) -> Tensor:
+        """The linear part (no bias) on ``dx`` ``[N, C', H, W]``, ``C' <= cin``: input channels past ``C'`` are constant
+        (the static fields), their tangent is zero."""
+        return F.conv2d(self.pad(dx), self.conv.weight[:, : dx.shape[1]])
+
+    def linearize(self, x: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        return self(x), self.tangent
+
 
 class _ChannelNorm(nn.Module):
     """LayerNorm over the channel axis of ``[N, C, H, W]`` (no affine), per pixel."""
@@ -222,6 +237,20 @@ class _ChannelNorm(nn.Module):
         mu = x.mean(dim=1, keepdim=True)
         var = (x - mu).square().mean(dim=1, keepdim=True)
         return (x - mu) * torch.rsqrt(var + 1e-5)
+
+    def linearize(self, x: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        r"""With :math:`y = (x - \bar x)\, r`, :math:`r = (\overline{(x - \bar x)^2} + \epsilon)^{-1/2}` (means
+        over channels): :math:`dy = r\,(d\tilde x - y\, \overline{y\, d\tilde x})`, :math:`d\tilde x = dx -
+        \overline{dx}`."""
+        mu = x.mean(dim=1, keepdim=True)
+        r = torch.rsqrt((x - mu).square().mean(dim=1, keepdim=True) + 1e-5)
+        y = (x - mu) * r
+
+        def tangent(dx: Tensor) -> Tensor:
+            dxc = dx - dx.mean(dim=1, keepdim=True)
+            return r * (dxc - y * (y * dxc).mean(dim=1, keepdim=True))
+
+        return y, tangent
 
 
 class _ResBlock(nn.Module):
@@ -235,6 +264,19 @@ class _ResBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.conv2(F.silu(self.conv1(self.norm(x))))
+
+    def linearize(self, x: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        r"""SiLU's derivative :math:`s(a)\,(1 + a\,(1 - s(a)))`, :math:`s` the logistic function."""
+        y, norm_t = self.norm.linearize(x)
+        a = self.conv1(y)
+        s = torch.sigmoid(a)
+        slope = s * (1 + a * (1 - s))
+        out = x + self.conv2(F.silu(a))
+
+        def tangent(dx: Tensor) -> Tensor:
+            return dx + self.conv2.tangent(slope * self.conv1.tangent(norm_t(dx)))
+
+        return out, tangent
 
 
 class _Down(nn.Module):
@@ -253,6 +295,9 @@ class _Up(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.pixel_shuffle(self.conv(x), 2)
+
+    def linearize(self, x: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        return self(x), lambda dx: F.pixel_shuffle(self.conv.tangent(dx), 2)
 
 
 class Autoencoder(nn.Module):
@@ -346,6 +391,43 @@ class Autoencoder(nn.Module):
             x = self.decoder_out(torch.cat([h, self._static_at(z.shape[0], h.dtype, coarse=False)], dim=1))
         else:
             x = self.decoder(z)
+        return self._crop(x)
+
+    def linearize_decode(self, z: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        """``decode(z)`` and its tangent map ``v [N, c, h, w] -> J_decode(z) v [N, C, H, W]``, without autograd.
+
+        One forward pass stores what the tangent needs (the channel norms' outputs and scales, the SiLU slopes);
+        each call of the tangent map then costs one convolution per convolution of the decoder. Equal to
+        ``torch.func.jvp(self.decode, (z,), (v,))`` to rounding (tested). Both outputs are detached from ``z``.
+        """
+        if z.shape[-3:] != self.latent_shape:
+            raise ValueError(
+                f"Autoencoder.linearize_decode: expected [N, {', '.join(map(str, self.latent_shape))}], "
+                f"got {list(z.shape)}"
+            )
+        with torch.no_grad():
+            h = z
+            if self.config.static_channels:
+                h = torch.cat([z, self._static_at(z.shape[0], z.dtype, coarse=True)], dim=1)
+            tangents = []
+            for m in self.decoder:
+                h, t = m.linearize(h)
+                tangents.append(t)
+            if self.config.static_channels:
+                h = torch.cat([h, self._static_at(z.shape[0], h.dtype, coarse=False)], dim=1)
+                h, t = self.decoder_out.linearize(h)
+                tangents.append(t)
+            x = self._crop(h)
+
+        def tangent(v: Tensor) -> Tensor:
+            with torch.no_grad():
+                for t in tangents:
+                    v = t(v)
+                return self._crop(v)
+
+        return x, tangent
+
+    def _crop(self, x: Tensor) -> Tensor:
         if self.pad_rows:
             top = self.pad_rows // 2
             x = x[..., top : top + self.height, :]

@@ -5,6 +5,10 @@ The sampler never looks inside a prior: it draws a diffusion variable ``z`` of s
 :math:`\sigma`, and maps ``z`` to physical states ``[B, T, C, H, W]`` with ``prior.decode``. For the
 :class:`~appa_core.GaussianPrior` the diffusion variable is the (standardized) state itself; for the latent
 :class:`~appa_core.Prior` it is the autoencoder's latent trajectory.
+
+A prior may also have ``linearize_decode(z) -> (decode(z), v -> J_decode(z) v)``, a tangent map cheaper than
+``torch.func.jvp`` of ``decode``; the guidance then uses it for its solver's products (optional: without it the
+guidance differentiates ``decode`` in forward mode).
 """
 
 from __future__ import annotations

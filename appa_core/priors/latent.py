@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib.resources
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +183,22 @@ class Prior(DiffusionPrior, nn.Module):
         x = self.autoencoder.decode(e.reshape(b * t, *self.latent_shape))
         x = x * self.state_std + self.state_mean
         return x.reshape(b, t, *x.shape[1:]).to(z.dtype)
+
+    def linearize_decode(self, z: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        """``decode(z)`` ``[B, T, C, H, W]`` and its tangent map ``v [B, T, c, h, w] -> J_decode(z) v``, without
+        autograd (:meth:`Autoencoder.linearize_decode`): guidance calls the map once per solver iteration."""
+        self._check_event(z, "Prior.linearize_decode")
+        b, t = z.shape[:2]
+        e = z.to(self.dtype) * self.latent_std[:, None, None] + self.latent_mean[:, None, None]
+        x, dx_of = self.autoencoder.linearize_decode(e.detach().reshape(b * t, *self.latent_shape))
+        x = (x * self.state_std + self.state_mean).reshape(b, t, *x.shape[1:]).to(z.dtype)
+
+        def tangent(v: Tensor) -> Tensor:
+            dv = (v.to(self.dtype) * self.latent_std[:, None, None]).reshape(b * t, *self.latent_shape)
+            dx = dx_of(dv) * self.state_std
+            return dx.reshape(b, t, *dx.shape[1:]).to(v.dtype)
+
+        return x, tangent
 
     def encode(self, x: Tensor) -> Tensor:
         """Physical states ``[B, T, C, H, W]`` -> standardized latents ``[B, T, c, h, w]``."""
