@@ -327,9 +327,20 @@ class ObservationMap:
             if linearize_decode is None:
                 return None
             x, dx_of = linearize_decode(z)
-            return lambda v: torch.func.jvp(observe_states, (x,), (dx_of(v),))[1]
+            h = _states_tangent(observe_states, x)
+            return lambda v: h(dx_of(v))
 
         return cls(lambda z: observe_states(prior.decode(z)), linearize)
+
+
+def _states_tangent(observe_states: Callable[[Tensor], Tensor], x: Tensor) -> Callable[[Tensor], Tensor]:
+    """The tangent map of operators on states at ``x``: their ``linearize`` (an :class:`~appa_core.ObsSet`, an
+    operator) or ``torch.func.jvp``."""
+    linearize = getattr(observe_states, "linearize", None)
+    if linearize is not None:
+        return linearize(x)
+    x = x.detach()
+    return lambda dx: torch.func.jvp(observe_states, (x,), (dx,))[1]
 
 
 def _tangent_map(observe: Callable[[Tensor], Tensor], z: Tensor) -> Callable[[Tensor], Tensor]:
@@ -650,14 +661,14 @@ class PosteriorDenoiser:
         obs = self.obs
         if obs is not None:
             x, dx_of = linearize_decode(zh.reshape(nw * b, *zh.shape[2:]))
-            x_frame = self._frame(x.reshape(nw, b, *x.shape[1:]), self._fill_state(x))
+            h = obs.linearize(self._frame(x.reshape(nw, b, *x.shape[1:]), self._fill_state(x)))
 
         def tangent(v: Tensor) -> Tensor:
             ys = []
             if obs is not None:
                 dx = dx_of(v.reshape(nw * b, *v.shape[2:]))
                 dx_frame = self._frame(dx.reshape(nw, b, *dx.shape[1:]), torch.zeros_like(self._fill_state(dx)))
-                ys.append(torch.func.jvp(obs, (x_frame,), (dx_frame,))[1].reshape(nw, b, -1))
+                ys.append(h(dx_frame).reshape(nw, b, -1))
             if self.known is not None:
                 ys.append(self._known_rows(v))
             return torch.cat(ys, dim=-1)
@@ -833,12 +844,13 @@ class _Window:
             return None
         if self.ops:
             x, dx_of = linearize_decode(zh[0])
+            maps = [op.linearize(x) for op in self.ops]
 
         def tangent(v: Tensor) -> Tensor:
             ys = []
             if self.ops:
                 dx = dx_of(v[0])
-                ys.extend(torch.func.jvp(op, (x,), (dx,))[1] for op in self.ops)
+                ys.extend(h(dx) for h in maps)
             if self.known is not None:
                 idx = torch.as_tensor(np.asarray(self.known.index), device=v.device)
                 ys.append(v[0][:, idx].reshape(v.shape[1], -1))

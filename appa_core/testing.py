@@ -352,6 +352,24 @@ class OperatorContract:
             f"{op.name}: jvp disagrees with finite differences: max error {err:.3g} (relative {err / scale:.3g})"
         )
 
+    def test_linearize_equals_jvp(self) -> None:
+        import torch
+        from torch.func import jvp
+
+        op, grid, spec, times = self._prepared()
+        x = self.make_state(grid, spec, times, 2, torch.float64)
+        tangent = op.linearize(x)
+        for seed in (0, 1):  # one linearization, several directions (as the guidance uses it)
+            d = self.make_direction(grid, spec, times, 2, torch.float64) * (1 + seed)
+            ref = jvp(op, (x,), (d,))[1]
+            got = tangent(d)
+            err = (got - ref).abs().max().item()
+            scale = ref.abs().max().item() + 1e-300
+            assert got.shape == ref.shape and err <= self.roundoff_rtol * scale, (
+                f"{op.name}: linearize(x)(dx) disagrees with torch.func.jvp: max error {err:.3g} "
+                f"(relative {err / scale:.3g})"
+            )
+
     def test_linear_matrix_reproduces_forward(self) -> None:
         import numpy as np
         import torch

@@ -203,7 +203,7 @@ def test_plugins_json(capsys: pytest.CaptureFixture[str], registry: Registry) ->
 
 def test_plugins_check(capsys: pytest.CaptureFixture[str], registry: Registry) -> None:
     code, out, _ = _run(capsys, "plugins", "check", "good")
-    assert code == 0 and out.startswith("good:picker: passed (14/15 passed)")  # bad_inputs: none in an example
+    assert code == 0 and out.startswith("good:picker: passed (15/16 passed)")  # bad_inputs: none in an example
     code, out, _ = _run(capsys, "plugins", "check", "picker", "--json")
     assert code == 0 and json.loads(out)["good:picker"]["status"] == "passed"
 

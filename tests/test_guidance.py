@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import attrs
 import numpy as np
 import pytest
@@ -364,5 +366,14 @@ def test_observation_map_through_decoder_equals_forward_mode_ad() -> None:
     a, b = guided(fast), guided(lambda zz: obs(prior.decode(zz)))
     assert float((b - z).abs().max()) > 1e-2
     assert float((a - b).abs().max() / (b - z).abs().max()) < 1e-4
+    no_linearization = types.SimpleNamespace(decode=prior.decode)  # a prior without linearize_decode
+    assert ObservationMap.through_decoder(no_linearization, obs).linearize(z) is None  # type: ignore[arg-type]
+    # the Gaussian prior's (affine decoder) and the operators' tangent maps: torch.func.jvp's, to float64 rounding
     gauss = _priors()[0]
-    assert ObservationMap.through_decoder(gauss, obs).linearize(torch.zeros(1, *gauss.state_shape)) is None
+    gobs = ObsSet([PointPick(index=[0, 7, 30], obs=[1.0, 2.0, 3.0]), WindSpeed(where=[[0, 1, 1]], obs=[2.0])])
+    gobs.prepare(GRID, SPEC, window_times(gauss.window))
+    zg = torch.randn(2, *gauss.state_shape, dtype=F64, generator=gen)
+    vg = torch.randn_like(zg)
+    lin = ObservationMap.through_decoder(gauss, gobs).linearize(zg)
+    ref = torch.func.jvp(lambda zz: gobs(gauss.decode(zz)), (zg,), (vg,))[1]
+    torch.testing.assert_close(lin(vg), ref, atol=1e-12, rtol=1e-12)

@@ -289,6 +289,15 @@ class WrongMatrixPicker(PointPicker):
 
 
 @attrs.define(kw_only=True, eq=False)
+class WrongLinearizePicker(PointPicker):
+    """Correct forward, VJP and JVP; its tangent-linear map (what the guidance uses) drops the last observation."""
+
+    def linearize(self, x: Tensor) -> Callable[[Tensor], Tensor]:
+        tangent = super().linearize(x)
+        return lambda dx: tangent(dx) * (torch.arange(self.size) < self.size - 1)
+
+
+@attrs.define(kw_only=True, eq=False)
 class BatchMixingWind(WindSpeed):
     def forward(self, x: Tensor) -> Tensor:
         s = super().forward(x)
@@ -343,8 +352,10 @@ def _contract(cls: type[OperatorContract], make: Callable[[], ObsOperator]) -> O
          "test_linear_matrix_reproduces_forward", r"WrongMatrixPicker: matrix\(\) @ x differs from H\(x\) - H\(0\)"),
         (TestWindSpeed, lambda: _wind(BatchMixingWind),
          "test_batching", r"BatchMixingWind: batch member 0 differs from the single call"),
+        (TestPointPicker, lambda: _picker(WrongLinearizePicker),
+         "test_linearize_equals_jvp", r"WrongLinearizePicker: linearize\(x\)\(dx\) disagrees with torch.func.jvp"),
     ],
-    ids=["adjoint", "adjoint-gradient", "gradient", "tangent", "matrix", "batching"],
+    ids=["adjoint", "adjoint-gradient", "gradient", "tangent", "matrix", "batching", "linearize"],
 )  # fmt: skip
 def test_contract_fails_on_broken_operator(
     base: type[OperatorContract], make: Callable[[], ObsOperator], test: str, pattern: str

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import abc
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import attrs
@@ -198,6 +198,24 @@ class ObsOperator(abc.ABC):
     def __call__(self, x: Tensor) -> Tensor:
         self._check_state(x)
         return self.forward(x)
+
+    def linearize(self, x: Tensor) -> Callable[[Tensor], Tensor]:
+        """The tangent-linear map at ``x`` ``[B, T, C, H, W]``: ``dx -> (d forward / dx)(x) dx`` ``[B, M]`` (JEDI's
+        TL operator; the adjoint is autograd's VJP).
+
+        The guidance calls this once per guided call and the returned map once per solver iteration. The default:
+        a linear operator with no offset (``H(0) = 0``) is its own tangent map (``forward(dx)``, no forward-mode
+        AD); otherwise ``torch.func.jvp`` of the operator at ``x`` on every call of the map. A nonlinear family may
+        override it to precompute its Jacobian once.
+        """
+        self._check_state(x)
+        x = x.detach()
+        if self.linear:
+            with torch.no_grad():
+                no_offset = bool((self.forward(torch.zeros_like(x[:1])) == 0).all())
+            if no_offset:
+                return self.forward
+        return lambda dx: torch.func.jvp(self.forward, (x,), (dx,))[1]
 
     def matrix(self) -> sp.csr_array:
         """The sparse matrix ``A`` ``[M, T*C*H*W]`` of a linear operator (after :meth:`prepare`)."""

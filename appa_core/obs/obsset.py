@@ -8,7 +8,7 @@ models :math:`\Sigma_k`, the set is :math:`\mathcal{H}(x) = [\mathcal{H}_1(x); \
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import scipy.sparse as sp
@@ -88,6 +88,12 @@ class ObsSet:
     def __call__(self, x: Tensor) -> Tensor:
         """Predicted observations ``[B, M]`` for states ``[B, T, C, H, W]``."""
         return torch.cat([op(x) for op in self.operators], dim=-1)
+
+    def linearize(self, x: Tensor) -> Callable[[Tensor], Tensor]:
+        """The tangent-linear map at states ``x`` ``[B, T, C, H, W]``: ``dx -> [B, M]``, every operator's
+        :meth:`~appa_core.obs.ObsOperator.linearize` stacked."""
+        maps = [op.linearize(x) for op in self.operators]
+        return lambda dx: torch.cat([m(dx) for m in maps], dim=-1)
 
     def matrix(self) -> sp.csr_array:
         """Stacked sparse matrix ``[M, T*C*H*W]`` (all operators must be linear)."""

@@ -26,6 +26,7 @@ A window shorter than ``T`` is denoised with the marginal prior of the first sta
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import attrs
 import numpy as np
@@ -262,6 +263,13 @@ class GaussianPrior(DiffusionPrior):
         n = flat.shape[1]
         _, _, _, c, s = self._tensors(z.dtype, z.device)
         return (c[:n] + s[:n] * flat).reshape(z.shape)
+
+    def linearize_decode(self, z: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        """``decode(z)`` and its tangent map ``v -> s * v`` (the decoder is affine)."""
+        x = self.decode(z.detach())
+        flat, _ = self._flat(z, "linearize_decode")
+        s = self._tensors(z.dtype, z.device)[4][: flat.shape[1]]
+        return x, lambda v: (s.to(v.dtype) * v.reshape(v.shape[0], -1)).reshape(v.shape)
 
     def encode(self, x: Tensor) -> Tensor:
         """``z = (x - c) / s``."""
