@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import os
 import platform
@@ -1022,6 +1023,112 @@ def solve_curve(r: Runner) -> str:
     return "\n".join(lines) + "\n"
 
 
+def members_curve(r: Runner) -> str:
+    """The 24-h reanalysis RMSE of the prior's ensemble mean / OI's against the ensemble size, from whatever
+    ``--members`` variants of this page's settings are in the cache (prior and OI at the same size, on the dates
+    that every size has): a finite ensemble's mean carries ``spread^2 / m`` of sampling error on top of the
+    posterior mean's, which more members remove at a proportional cost."""
+    a = r.a
+    found: dict[int, dict[str, Path]] = defaultdict(dict)
+    for method in ("prior", "oi"):
+        key = method_key(a, method, r.phash)
+        for d in a.cache.glob(key.replace(f"-m{a.members}-", "-m*-")):
+            m = d.name.split("-m")[-1].split("-")[0]
+            if m.isdigit() and d.name == key.replace(f"-m{a.members}-", f"-m{m}-"):
+                found[int(m)][method] = d
+    sizes = sorted(m for m, v in found.items() if len(v) == 2)
+    if len(sizes) < 2:
+        return ""
+    lines = [
+        "\n## The prior against its ensemble size (24-h reanalysis)\n",
+        "RMSE of the prior's ensemble mean / OI's at the same ensemble size (`--members`; same prior, sampler "
+        f"settings, seeds and observations; {_nested(found, sizes, a.dates[0], a.observing[0])}), on the dates that "
+        "every size has. The mean of m members carries a sampling error of spread^2 / m on top of the error of "
+        "the posterior mean, so more members lower the RMSE of both methods, the prior's more (its spread is "
+        "larger). The sampling work (denoiser, decoder, operators, solves) is per member, so its cost grows in "
+        "proportion to the ensemble size. Another size: the page's command with `--members M --methods prior oi "
+        "--no-forecast` (and `--observing` to restrict it), then `--report-only`.\n",
+        "| members | observing | dates | " + " | ".join(SCORED) + " | <= 0.8 |",
+        "|---" * (4 + len(SCORED)) + "|",
+    ]
+    for observing in a.observing:
+        dates = [
+            d for d in a.dates
+            if all((found[m][meth] / f"{d}_{observing}_r24.zarr").exists() for m in sizes for meth in ("prior", "oi"))
+        ]  # fmt: skip
+        if not dates:
+            continue
+        for m in sizes:
+            mse: dict[str, dict[str, list[float]]] = {"prior": defaultdict(list), "oi": defaultdict(list)}
+            for d in dates:
+                _, _, _, tds = r.truth.get(d)
+                for meth in ("prior", "oi"):
+                    ds = xr.open_zarr(found[m][meth] / f"{d}_{observing}_r24.zarr").load()
+                    for k, v in score(ds, tds).items():
+                        mse[meth][k].extend(v["mse"].tolist())
+            ratio = [float(np.sqrt(np.mean(mse["prior"][k]) / np.mean(mse["oi"][k]))) for k in SCORED]
+            met = sum(x <= 0.8 for x in ratio)
+            lines.append(
+                f"| {m} | {observing} | {len(dates)} | "
+                + " | ".join(_fmt(x) for x in ratio)
+                + f" | {met}/{len(ratio)} |"
+            )
+    return "\n".join(lines) + "\n" + _members_forecast(r, found, sizes)
+
+
+def _members_forecast(r: Runner, found: dict[int, dict[str, Path]], sizes: list[int]) -> str:
+    """The prior's +lead forecast RMSE / persistence of the true state, per ensemble size (dates every size has)."""
+    a = r.a
+    lead = np.timedelta64(a.lead_hours, "h")
+    lines = []
+    for observing in a.observing:
+        dates = [d for d in a.dates if all((found[m]["prior"] / f"{d}_{observing}_fcc.zarr").exists() for m in sizes)]
+        if not dates:
+            continue
+        for m in sizes:
+            mse: dict[str, dict[str, list[float]]] = {"prior": defaultdict(list), "persistence": defaultdict(list)}
+            for d in dates:
+                _, times, _, tds = r.truth.get(d)
+                t_fc = times[0] + np.timedelta64(24, "h")
+                at = np.array([t_fc + lead])
+                ds = xr.open_zarr(found[m]["prior"] / f"{d}_{observing}_fcc.zarr").sel(time=at).load()
+                for meth, f in (("prior", ds), ("persistence", persistence(tds.sel(time=[t_fc]), at))):
+                    for k, v in score(f, tds).items():
+                        mse[meth][k].extend(v["mse"].tolist())
+            ratio = [float(np.sqrt(np.mean(mse["prior"][k]) / np.mean(mse["persistence"][k]))) for k in SCORED]
+            lines.append(
+                f"| {m} | {observing} | {len(dates)} | " + " | ".join(_fmt(x) for x in ratio)
+                + f" | {sum(x < 1 for x in ratio)}/{len(ratio)} |"
+            )  # fmt: skip
+    if not lines:
+        return ""
+    head = [
+        f"\nThe prior's forecast at +{a.lead_hours} h (each member of the 24-h reanalysis continued), RMSE of the "
+        "ensemble mean / persistence of the true state at t0 + 24 h:\n",
+        "| members | observing | dates | " + " | ".join(SCORED) + " | < 1 |",
+        "|---" * (4 + len(SCORED)) + "|",
+    ]
+    return "\n".join(head + lines) + "\n"
+
+
+def _nested(found: dict[int, dict[str, Path]], sizes: list[int], date: str, observing: str) -> str:
+    """Whether each smaller prior ensemble is the first members of the next larger one, bit for bit (checked on
+    ``2m_temperature`` of one reanalysis)."""
+    try:
+        ens = [xr.open_zarr(found[m]["prior"] / f"{date}_{observing}_r24.zarr")["2m_temperature"] for m in sizes]
+    except FileNotFoundError:
+        return "nesting not checked"
+    same = all(
+        np.array_equal(small.values, big.isel(member=slice(0, small.sizes["member"])).values)
+        for small, big in itertools.pairwise(ens)
+    )
+    return (
+        f"the prior's smaller ensembles are the first members of the larger ones, bit for bit ({date}, {observing})"
+        if same
+        else f"the prior's ensembles are not nested ({date}, {observing})"
+    )
+
+
 def training_curve(a: argparse.Namespace) -> str:
     """The prior's 24-h reanalysis RMSE / OI's against the denoiser's training time, from
     ``training_curve.json`` next to the page (written by ``benchmarks/training_curve.py --write``)."""
@@ -1265,6 +1372,7 @@ def write_report(r: Runner, rows: list[dict[str, Any]], walls: dict[str, list[fl
     w("\n".join(wl) + "\n")
     w(solve_curve(r))
     w(training_curve(a))
+    w(members_curve(r))
     w("\n## Time taken (this machine)\n")
     w(timing)
     w("\n## Plots\n")
