@@ -75,6 +75,11 @@ __all__ = [
 #: A DPS step larger than this many times the state's size (plus sqrt(D)) is reported as divergence.
 DPS_DIVERGENCE = 100.0
 
+#: Largest ``sum |c_i| |v_i| / |sum c_i v_i|`` with which MMPS combines its products' denoiser-space vectors into the
+#: guided step instead of running one more VJP (:func:`_from_products`): the combination's rounding error is at most
+#: this many times the products' own.
+MAX_CANCELLATION = 10.0
+
 #: Iteration cap of an adaptive MMPS solve (``MMPS(maxiter=None)``): the former fixed count. Small problems converge
 #: well before it (8 iterations at most on the calibration problem); a learned prior with 10^4-10^5 observations
 #: does not reach 1e-2 within any affordable count (relative residual 0.63 after 20 iterations on the demo), so there
@@ -263,11 +268,15 @@ class MMPS:
             var = torch.where(mask, var, torch.ones_like(var))
         dis = var.rsqrt()
 
+        products: list[Tensor] = []  # sigma^2 J^T A^T u of each product, combined into the step at the end
+
         def operator(u_s: Tensor) -> Tensor:
             u = u_s * dis
             if mask is not None:
                 u = torch.where(mask, u, torch.zeros_like(u))
-            out = noise.cov_matvec(u, w).to(f64) + jvp_obs(cov_z(vjp_obs(u))).to(f64)
+            v_z = cov_z(vjp_obs(u))
+            products.append(v_z)
+            out = noise.cov_matvec(u, w).to(f64) + jvp_obs(v_z).to(f64)
             out = out * dis
             if mask is not None:
                 out = torch.where(mask, out, u_s)
@@ -282,8 +291,15 @@ class MMPS:
         _check_finite(u, names, "the MMPS solve's solution", where)
         if warm is not None and self.warm_start:
             warm.u = u.detach()
-        g = torch.autograd.grad(y_hat, z_t, u.to(dt))[0]
-        out = z_hat.detach() + s2 * g
+        combined = _from_products(products, info.coefficients)
+        if combined is None or not bool(combined[1].all()):
+            step = s2 * torch.autograd.grad(y_hat, z_t, u.to(dt))[0]
+            if combined is not None:  # the combination where it does not cancel: as if the VJP had not run
+                ok = combined[1].reshape(*combined[1].shape, *([1] * (step.dim() - combined[1].dim())))
+                step = torch.where(ok, combined[0].to(step.dtype), step)
+        else:
+            step = combined[0]
+        out = z_hat.detach() + step.to(dt)
         _check_finite(out.reshape(-1, 1), {"guided state": slice(0, 1)}, "the guided denoiser output", where)
         bn = b.norm(dim=-1, keepdim=True)
         per_op = {}
@@ -298,6 +314,26 @@ class MMPS:
         return out, report
 
 
+def _from_products(products: list[Tensor], coefficients: Tensor | None) -> tuple[Tensor, Tensor] | None:
+    r""":math:`\sigma^2 J^\top \hat A^\top u` for the solve's solution :math:`u = \sum_i c_i v_i` without a VJP:
+    each product computed :math:`\sigma^2 J^\top \hat A^\top v_i` on the way (``products``), which is linear in
+    :math:`v_i`, and the solver reports the :math:`c_i` (:attr:`~appa_core.linalg.SolveInfo.coefficients`).
+
+    Returns ``(step, ok)``, ``ok`` ``[*N]`` False where the combination cancels by more than
+    :data:`MAX_CANCELLATION` (its rounding would exceed the products' own; the caller runs the VJP there), or
+    ``None`` when there is nothing to combine."""
+    if coefficients is None or not products or coefficients.shape[-1] != len(products):
+        return None
+    v_z = torch.stack([v.to(torch.float64) for v in products], dim=-1)  # [*N, *event, P]
+    n_batch = coefficients.dim() - 1
+    event = tuple(range(n_batch, v_z.dim() - 1))
+    c = coefficients.reshape(*coefficients.shape[:-1], *([1] * len(event)), coefficients.shape[-1])
+    step = (v_z * c).sum(dim=-1)
+    gross = (coefficients.abs() * torch.linalg.vector_norm(v_z, dim=event)).sum(dim=-1)
+    ok = gross <= MAX_CANCELLATION * torch.linalg.vector_norm(step, dim=event)
+    return step, ok
+
+
 @attrs.frozen
 class ObservationMap:
     r"""An observation map ``fn(z) -> y`` with a cheaper linearization than ``torch.func.jvp`` of ``fn``.
@@ -306,8 +342,8 @@ class ObservationMap:
     once per guided call, at :math:`\hat z`, and the tangent map once per solver iteration. ``torch.func.jvp``
     would rerun the primal pass every iteration and, through each convolution, also convolve the primal with
     the weights' zero tangent. :class:`PosteriorDenoiser` builds one from the prior's ``linearize_decode`` (when
-    the prior has it) and ``torch.func.jvp`` of the operators alone. Any callable works where an ``observe`` is
-    expected; this one only adds the shortcut.
+    the prior has it) and the operators' tangent-linear maps (:meth:`~appa_core.obs.ObsOperator.linearize`). Any
+    callable works where an ``observe`` is expected; this one only adds the shortcut.
     """
 
     fn: Callable[[Tensor], Tensor]
@@ -319,8 +355,8 @@ class ObservationMap:
     @classmethod
     def through_decoder(cls, prior: DiffusionPrior, observe_states: Callable[[Tensor], Tensor]) -> ObservationMap:
         """``z -> observe_states(prior.decode(z))`` (e.g. an :class:`~appa_core.ObsSet` of states ``[B, T, C, H, W]``),
-        linearized through ``prior.linearize_decode`` when the prior has it (then ``torch.func.jvp`` runs through
-        ``observe_states`` alone)."""
+        linearized through ``prior.linearize_decode`` when the prior has it, then through ``observe_states``'s
+        ``linearize`` (an :class:`~appa_core.ObsSet`, an operator) or ``torch.func.jvp`` of it."""
 
         def linearize(z: Tensor) -> Callable[[Tensor], Tensor] | None:
             linearize_decode = getattr(prior, "linearize_decode", None)

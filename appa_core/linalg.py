@@ -41,6 +41,10 @@ class SolveInfo:
         residual_vector: the residual :math:`b - A x` ``[..., M]`` float64 (CG: recursive; GMRES: from the Arnoldi
             relation, without an extra product).
         tol: the relative tolerance used (``None`` for fixed iterations).
+        coefficients: ``[..., P]`` float64: the solution is :math:`x = \\sum_i c_i v_i` over the ``P`` vectors
+            :math:`v_i` that ``A`` was called with, in call order (the initial guess's product first, then one per
+            iteration). A caller that computed something linear in :math:`v_i` alongside each product (MMPS: the
+            step in denoiser space) gets it for ``x`` without another pass.
     """
 
     converged: bool
@@ -48,6 +52,7 @@ class SolveInfo:
     residual: Tensor
     residual_vector: Tensor | None
     tol: float | None
+    coefficients: Tensor | None = None
 
 
 def _threshold(bnorm: Tensor, tol: float | None, atol: float) -> Tensor:
@@ -62,22 +67,23 @@ def _relative(rnorm: Tensor, bnorm: Tensor) -> Tensor:
 
 def _initial(
     A: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor | None, scale_x0: bool, energy: bool
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, list[Tensor]]:
     r"""Initial iterate and residual ``(x, b - A x)``: zero, ``x0``, or (``scale_x0``) the best multiple
     :math:`\alpha x_0` -- :math:`\alpha = \langle A x_0, b\rangle / \|A x_0\|^2` (least residual, GMRES) or
     :math:`\langle x_0, b\rangle / \langle x_0, A x_0\rangle` (least A-norm error, CG) -- which costs the same one
     product and is never worse than zero or ``x0`` alone (a warm start whose size is off, e.g. because the system's
-    scale changed, is rescaled for free)."""
+    scale changed, is rescaled for free). Third: the coefficient of ``x0`` in ``x`` (empty without ``x0``)."""
     if x0 is None:
-        return torch.zeros_like(b), b.clone()
+        return torch.zeros_like(b), b.clone(), []
     x = x0.to(torch.float64)
     w = A(x).to(torch.float64)
+    alpha = torch.ones_like(b[..., 0])
     if scale_x0:
         num = ((x if energy else w) * b).sum(-1)
         den = ((x * w) if energy else (w * w)).sum(-1)
         alpha = torch.where(den.abs() > _EPS, num / torch.where(den.abs() > _EPS, den, torch.ones_like(den)), 0.0)
         x, w = alpha[..., None] * x, alpha[..., None] * w
-    return x.clone(), b - w
+    return x.clone(), b - w, [alpha]
 
 
 def cg(
@@ -108,7 +114,7 @@ def cg(
     b = b.to(torch.float64)
     m = b.shape[-1]
     maxiter = 2 * m if maxiter is None else int(maxiter)
-    x, r = _initial(A, b, x0, scale_x0, energy=True)
+    x, r, coefs = _initial(A, b, x0, scale_x0, energy=True)
     bnorm = b.norm(dim=-1)
     thresh = _threshold(bnorm, tol, atol)
     p = r.clone()
@@ -120,6 +126,7 @@ def cg(
         pAp = (p * Ap).sum(-1)
         alpha = torch.where(active, rr / torch.where(pAp.abs() > _EPS, pAp, torch.full_like(pAp, _EPS)), 0.0)
         x = x + alpha[..., None] * p
+        coefs.append(alpha)
         r = r - alpha[..., None] * Ap
         rr_new = (r * r).sum(-1)
         beta = torch.where(active, rr_new / rr.clamp_min(_EPS), 0.0)
@@ -129,7 +136,7 @@ def cg(
         active = active & (rr.sqrt() > thresh)
     rel = _relative(rr.sqrt(), bnorm)
     converged = True if tol is None else bool((rr.sqrt() <= thresh).all())
-    return x.to(out_dtype), SolveInfo(converged, it, rel, r, tol)
+    return x.to(out_dtype), SolveInfo(converged, it, rel, r, tol, _stack(coefs, b))
 
 
 def gmres(
@@ -155,7 +162,7 @@ def gmres(
     m = b.shape[-1]
     maxiter = min(m, 200) if maxiter is None else int(maxiter)
     batch = b.shape[:-1]
-    x, r0 = _initial(A, b, x0, scale_x0, energy=False)
+    x, r0, coefs = _initial(A, b, x0, scale_x0, energy=False)
     bnorm = b.norm(dim=-1)
     thresh = _threshold(bnorm, tol, atol)
     beta = r0.norm(dim=-1)
@@ -222,9 +229,14 @@ def gmres(
         Vk1 = torch.stack(V, dim=-1)  # [..., M, k+1]
         x = x + (Vk1[..., :k] @ y[..., None])[..., 0]
         r = r0 - (Vk1 @ (Hbar @ y[..., None]))[..., 0]
+        coefs.extend(y.unbind(-1))  # A was called with V[0..k-1]
     rel = _relative(r.norm(dim=-1), bnorm)
     converged = True if tol is None else bool((res <= thresh).all())
-    return x.to(out_dtype), SolveInfo(converged, it, rel, r, tol)
+    return x.to(out_dtype), SolveInfo(converged, it, rel, r, tol, _stack(coefs, b))
+
+
+def _stack(coefs: list[Tensor], b: Tensor) -> Tensor:
+    return torch.stack(coefs, dim=-1) if coefs else b.new_zeros((*b.shape[:-1], 0))
 
 
 def solve(

@@ -43,6 +43,29 @@ def test_krylov_solvers_batched_float64(solver) -> None:  # type: ignore[no-unty
     assert info.converged and info.iterations == 3
 
 
+@pytest.mark.parametrize("solver", [cg, gmres])
+@pytest.mark.parametrize("start", ["zero", "x0", "scaled x0"])
+def test_krylov_coefficients_rebuild_the_solution_from_the_product_inputs(solver, start: str) -> None:  # type: ignore[no-untyped-def]
+    """``SolveInfo.coefficients``: the solution is the combination of the vectors ``A`` was called with (what MMPS
+    uses to get its step without a VJP), with systems frozen at different iterations."""
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(3, 20, 20, generator=g, dtype=F64)
+    a = q @ q.transpose(-1, -2) + 0.5 * torch.eye(20, dtype=F64)
+    b = torch.randn(3, 20, generator=g, dtype=F64)
+    b[1] = a[1] @ torch.ones(20, dtype=F64)  # this one converges in one step from x0 = ones
+    inputs: list[torch.Tensor] = []
+
+    def op(v: torch.Tensor) -> torch.Tensor:
+        inputs.append(v.clone())
+        return (a @ v[..., None])[..., 0]
+
+    x0 = None if start == "zero" else torch.ones(3, 20, dtype=F64)
+    x, info = solver(op, b, x0, tol=1e-6, maxiter=15, scale_x0=start == "scaled x0")
+    assert info.coefficients is not None and info.coefficients.shape == (3, len(inputs))
+    rebuilt = (torch.stack(inputs, -1) * info.coefficients[:, None, :]).sum(-1)
+    assert float((rebuilt - x).abs().max() / x.abs().max()) < 1e-12
+
+
 def test_gmres_solves_nonsymmetric() -> None:
     g = torch.Generator().manual_seed(1)
     a = torch.randn(30, 30, generator=g, dtype=F64) + 8 * torch.eye(30, dtype=F64)
@@ -377,3 +400,37 @@ def test_observation_map_through_decoder_equals_forward_mode_ad() -> None:
     lin = ObservationMap.through_decoder(gauss, gobs).linearize(zg)
     ref = torch.func.jvp(lambda zz: gobs(gauss.decode(zz)), (zg,), (vg,))[1]
     torch.testing.assert_close(lin(vg), ref, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("solver", ["cg", "gmres"])
+def test_mmps_step_from_the_products_equals_the_vjp(solver: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MMPS builds its step from the denoiser-space vectors of its products (no final VJP); it equals the step of
+    the VJP to rounding, warm-started or not, and it is what runs."""
+    import appa_core.guidance as guidance
+
+    prior = _priors()[0]
+    obs = _problem(prior)
+    g = torch.Generator().manual_seed(2)
+    z = prior.encode(prior.sample(2, g)) + 0.7 * torch.randn(2, *prior.state_shape, generator=g, dtype=F64)
+    sig = torch.full((2,), 0.7, dtype=F64)
+    used = []
+    combine = guidance._from_products
+
+    def counted(products, coefficients):  # type: ignore[no-untyped-def]
+        out = combine(products, coefficients)
+        used.append(out is not None and bool(out[1].all()))
+        return out
+
+    def run() -> torch.Tensor:
+        d = guided_denoiser(
+            lambda zz, s: prior.denoise(zz, s), lambda zz: obs(prior.decode(zz)), obs.values, obs.noise,
+            MMPS(solver=solver, maxiter=6, tol=1e-3),
+        )  # fmt: skip
+        return torch.stack([d(z, sig), d(z, 0.9 * sig)])  # the second call starts warm
+
+    monkeypatch.setattr(guidance, "_from_products", counted)
+    fast = run()
+    assert used == [True, True]
+    monkeypatch.setattr(guidance, "_from_products", lambda products, coefficients: None)
+    slow = run()
+    assert float((fast - slow).abs().max() / (slow - z).abs().max()) < 1e-12
