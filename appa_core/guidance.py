@@ -80,6 +80,10 @@ DPS_DIVERGENCE = 100.0
 #: this many times the products' own.
 MAX_CANCELLATION = 10.0
 
+#: Most bytes of denoiser-space product vectors that one MMPS call keeps for its step (:func:`_from_products`);
+#: beyond this it runs the final VJP instead (512 MiB: e.g. 16 products of 8 members of a 1e6-value state in float32).
+MAX_PRODUCTS_BYTES = 2**29
+
 #: Iteration cap of an adaptive MMPS solve (``MMPS(maxiter=None)``): the former fixed count. Small problems converge
 #: well before it (8 iterations at most on the calibration problem); a learned prior with 10^4-10^5 observations
 #: does not reach 1e-2 within any affordable count (relative residual 0.63 after 20 iterations on the demo), so there
@@ -268,14 +272,20 @@ class MMPS:
             var = torch.where(mask, var, torch.ones_like(var))
         dis = var.rsqrt()
 
-        products: list[Tensor] = []  # sigma^2 J^T A^T u of each product, combined into the step at the end
+        # sigma^2 J^T A^T u of each product, combined into the step at the end (no final VJP), while they fit in
+        # MAX_PRODUCTS_BYTES; past that, the list is dropped and the VJP runs
+        products: list[Tensor] | None = []
 
         def operator(u_s: Tensor) -> Tensor:
             u = u_s * dis
             if mask is not None:
                 u = torch.where(mask, u, torch.zeros_like(u))
             v_z = cov_z(vjp_obs(u))
-            products.append(v_z)
+            nonlocal products
+            if products is not None:
+                products.append(v_z)
+                if sum(t.numel() * t.element_size() for t in products) > MAX_PRODUCTS_BYTES:
+                    products = None
             out = noise.cov_matvec(u, w).to(f64) + jvp_obs(v_z).to(f64)
             out = out * dis
             if mask is not None:
@@ -291,7 +301,7 @@ class MMPS:
         _check_finite(u, names, "the MMPS solve's solution", where)
         if warm is not None and self.warm_start:
             warm.u = u.detach()
-        combined = _from_products(products, info.coefficients)
+        combined = None if products is None else _from_products(products, info.coefficients)
         if combined is None or not bool(combined[1].all()):
             step = s2 * torch.autograd.grad(y_hat, z_t, u.to(dt))[0]
             if combined is not None:  # the combination where it does not cancel: as if the VJP had not run
@@ -321,15 +331,18 @@ def _from_products(products: list[Tensor], coefficients: Tensor | None) -> tuple
 
     Returns ``(step, ok)``, ``ok`` ``[*N]`` False where the combination cancels by more than
     :data:`MAX_CANCELLATION` (its rounding would exceed the products' own; the caller runs the VJP there), or
-    ``None`` when there is nothing to combine."""
+    ``None`` when there is nothing to combine. Accumulates one product at a time (one state-sized float64 buffer)."""
     if coefficients is None or not products or coefficients.shape[-1] != len(products):
         return None
-    v_z = torch.stack([v.to(torch.float64) for v in products], dim=-1)  # [*N, *event, P]
     n_batch = coefficients.dim() - 1
-    event = tuple(range(n_batch, v_z.dim() - 1))
-    c = coefficients.reshape(*coefficients.shape[:-1], *([1] * len(event)), coefficients.shape[-1])
-    step = (v_z * c).sum(dim=-1)
-    gross = (coefficients.abs() * torch.linalg.vector_norm(v_z, dim=event)).sum(dim=-1)
+    event = tuple(range(n_batch, products[0].dim()))
+    step = torch.zeros(products[0].shape, dtype=torch.float64, device=products[0].device)
+    gross = torch.zeros(coefficients.shape[:-1], dtype=torch.float64, device=coefficients.device)
+    for i, v in enumerate(products):
+        c = coefficients[..., i]
+        v64 = v.to(torch.float64)
+        step += c.reshape(*c.shape, *([1] * len(event))) * v64
+        gross += c.abs() * torch.linalg.vector_norm(v64, dim=event)
     ok = gross <= MAX_CANCELLATION * torch.linalg.vector_norm(step, dim=event)
     return step, ok
 
@@ -339,7 +352,8 @@ class ObservationMap:
     r"""An observation map ``fn(z) -> y`` with a cheaper linearization than ``torch.func.jvp`` of ``fn``.
 
     ``linearize(z)`` returns the tangent map ``v -> d fn(z) v`` (or ``None`` when it has none here). MMPS calls it
-    once per guided call, at :math:`\hat z`, and the tangent map once per solver iteration. ``torch.func.jvp``
+    once per guided call, at :math:`\hat z`, and the tangent map once per solver iteration (and once per
+    Hutchinson probe for robust noise models). ``torch.func.jvp``
     would rerun the primal pass every iteration and, through each convolution, also convolve the primal with
     the weights' zero tangent. :class:`PosteriorDenoiser` builds one from the prior's ``linearize_decode`` (when
     the prior has it) and the operators' tangent-linear maps (:meth:`~appa_core.obs.ObsOperator.linearize`). Any
@@ -795,6 +809,7 @@ class PosteriorDenoiser:
                 )  # fmt: skip
             reports.append(report)
             outs.append(out[0])
+            del leaf, zh, y_hat, y  # this window's graph: freed before the next window's is built
         if reports:
             per_op: dict[str, float] = {}
             for r in reports:

@@ -1080,9 +1080,10 @@ def _members_forecast(r: Runner, found: dict[int, dict[str, Path]], sizes: list[
     """The prior's +lead forecast RMSE / persistence of the true state, per ensemble size (dates every size has)."""
     a = r.a
     lead = np.timedelta64(a.lead_hours, "h")
+    fc = "fcc" if a.forecast_mode == "continue" else "fc"
     lines = []
     for observing in a.observing:
-        dates = [d for d in a.dates if all((found[m]["prior"] / f"{d}_{observing}_fcc.zarr").exists() for m in sizes)]
+        dates = [d for d in a.dates if all((found[m]["prior"] / f"{d}_{observing}_{fc}.zarr").exists() for m in sizes)]
         if not dates:
             continue
         for m in sizes:
@@ -1091,7 +1092,7 @@ def _members_forecast(r: Runner, found: dict[int, dict[str, Path]], sizes: list[
                 _, times, _, tds = r.truth.get(d)
                 t_fc = times[0] + np.timedelta64(24, "h")
                 at = np.array([t_fc + lead])
-                ds = xr.open_zarr(found[m]["prior"] / f"{d}_{observing}_fcc.zarr").sel(time=at).load()
+                ds = xr.open_zarr(found[m]["prior"] / f"{d}_{observing}_{fc}.zarr").sel(time=at).load()
                 for meth, f in (("prior", ds), ("persistence", persistence(tds.sel(time=[t_fc]), at))):
                     for k, v in score(f, tds).items():
                         mse[meth][k].extend(v["mse"].tolist())

@@ -53,6 +53,8 @@ def test_krylov_coefficients_rebuild_the_solution_from_the_product_inputs(solver
     a = q @ q.transpose(-1, -2) + 0.5 * torch.eye(20, dtype=F64)
     b = torch.randn(3, 20, generator=g, dtype=F64)
     b[1] = a[1] @ torch.ones(20, dtype=F64)  # this one converges in one step from x0 = ones
+    _, vec = torch.linalg.eigh(a[2])
+    b[2] = vec[:, :2] @ torch.tensor([1.0, 2.0], dtype=F64)  # two eigenvectors: frozen after 2 iterations from zero
     inputs: list[torch.Tensor] = []
 
     def op(v: torch.Tensor) -> torch.Tensor:

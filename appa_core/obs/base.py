@@ -436,6 +436,15 @@ class SparseLinearOperator(ObsOperator):
         """The affine offset ``b`` ``[M]`` (zeros for purely linear operators)."""
         return np.zeros(self.size) if self._b is None else self._b
 
+    def linearize(self, x: Tensor) -> Callable[[Tensor], Tensor]:
+        """``dx -> A vec(dx)`` (the offset ``b`` drops out), with no forward-mode AD; a subclass with its own
+        ``forward`` gets the default."""
+        if type(self).forward is not SparseLinearOperator.forward or self._csr is None:
+            return super().linearize(x)
+        self._check_state(x)
+        csr = self._csr
+        return lambda dx: csr_matmul(dx.reshape(dx.shape[0], -1), csr)
+
     def forward(self, x: Tensor) -> Tensor:
         # the CSR product of appa_core.obs.sparse: a custom autograd function (backward = transposed product)
         # that supports jvp, vmap and double backward, which the guidance needs.
