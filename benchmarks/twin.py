@@ -1046,8 +1046,8 @@ def members_curve(r: Runner) -> str:
         "every size has. The mean of m members carries a sampling error of spread^2 / m on top of the error of "
         "the posterior mean, so more members lower the RMSE of both methods, the prior's more (its spread is "
         "larger). The sampling work (denoiser, decoder, operators, solves) is per member, so its cost grows in "
-        "proportion to the ensemble size. Another size: the page's command with `--members M --methods prior oi "
-        "--no-forecast` (and `--observing` to restrict it), then `--report-only`.\n",
+        "proportion to the ensemble size. Another size: the page's command with `--members M --methods prior oi` "
+        "(`--no-forecast` for the reanalyses alone, `--observing` to restrict it), then `--report-only`.\n",
         "| members | observing | dates | " + " | ".join(SCORED) + " | <= 0.8 |",
         "|---" * (4 + len(SCORED)) + "|",
     ]
@@ -1227,7 +1227,8 @@ def headline(rows: list[dict[str, Any]], a: argparse.Namespace) -> str:
         "counts the variables that meet the bar of the row. `prior_cal` is the same 24-h reanalysis with each "
         "variable's members scaled about their mean by a factor fitted on training dates "
         "(`appa_workflows.calibration.SpreadCalibration`, `tune_baselines.py --only prior-spread`); its RMSE is the "
-        "prior's.\n"
+        f"prior's. The table is for {a.members} members for the prior and OI; \"The prior against its ensemble "
+        'size" below gives the RMSE rows for the other sizes in the cache.\n'
     )
     return "\n".join(out) + "\n"
 
