@@ -377,29 +377,21 @@ class ObservationMap:
             if linearize_decode is None:
                 return None
             x, dx_of = linearize_decode(z)
-            h = _states_tangent(observe_states, x)
+            h = _tangent_map(observe_states, x)
             return lambda v: h(dx_of(v))
 
         return cls(lambda z: observe_states(prior.decode(z)), linearize)
 
 
-def _states_tangent(observe_states: Callable[[Tensor], Tensor], x: Tensor) -> Callable[[Tensor], Tensor]:
-    """The tangent map of operators on states at ``x``: their ``linearize`` (an :class:`~appa_core.ObsSet`, an
-    operator) or ``torch.func.jvp``."""
-    linearize = getattr(observe_states, "linearize", None)
-    if linearize is not None:
-        return linearize(x)
+def _tangent_map(f: Callable[[Tensor], Tensor], x: Tensor) -> Callable[[Tensor], Tensor]:
+    """``v -> d f(x) v``: ``f.linearize(x)`` when ``f`` has one that gives a map here (an :class:`ObservationMap`,
+    an :class:`~appa_core.ObsSet`, an operator), else ``torch.func.jvp`` of ``f`` at ``x`` per call."""
     x = x.detach()
-    return lambda dx: torch.func.jvp(observe_states, (x,), (dx,))[1]
-
-
-def _tangent_map(observe: Callable[[Tensor], Tensor], z: Tensor) -> Callable[[Tensor], Tensor]:
-    """``v -> d observe(z) v``: :attr:`ObservationMap.linearize` when ``observe`` has it, else ``torch.func.jvp``."""
-    z = z.detach()
-    lin = observe.linearize(z) if isinstance(observe, ObservationMap) else None
+    linearize = getattr(f, "linearize", None)
+    lin = None if linearize is None else linearize(x)
     if lin is not None:
         return lin
-    return lambda v: torch.func.jvp(observe, (z,), (v,))[1]
+    return lambda v: torch.func.jvp(f, (x,), (v,))[1]
 
 
 @attrs.frozen
@@ -884,9 +876,14 @@ class _Window:
             x = self.prior.decode(zh[0])
             ys.extend(op(x) for op in self.ops)
         if self.known is not None:
-            idx = torch.as_tensor(np.asarray(self.known.index), device=zh.device)
-            ys.append(zh[0][:, idx].reshape(zh.shape[1], -1))
+            ys.append(self._known_rows(zh))
         return torch.cat(ys, dim=-1)[None]
+
+    def _known_rows(self, zh: Tensor) -> Tensor:
+        """The known-state rows ``[B, M_known]`` of ``zh`` ``[1, B, K, *]`` (linear in ``zh``)."""
+        assert self.known is not None
+        idx = torch.as_tensor(np.asarray(self.known.index), device=zh.device)
+        return zh[0][:, idx].reshape(zh.shape[1], -1)
 
     def linearize(self, zh: Tensor) -> Callable[[Tensor], Tensor] | None:
         """The tangent map of :meth:`observe` at ``zh`` (``None`` when the prior has no ``linearize_decode``)."""
@@ -903,8 +900,7 @@ class _Window:
                 dx = dx_of(v[0])
                 ys.extend(h(dx) for h in maps)
             if self.known is not None:
-                idx = torch.as_tensor(np.asarray(self.known.index), device=v.device)
-                ys.append(v[0][:, idx].reshape(v.shape[1], -1))
+                ys.append(self._known_rows(v))
             return torch.cat(ys, dim=-1)[None]
 
         return tangent

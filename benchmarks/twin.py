@@ -1039,6 +1039,10 @@ def members_curve(r: Runner) -> str:
     sizes = sorted(m for m, v in found.items() if len(v) == 2)
     if len(sizes) < 2:
         return ""
+
+    def reanalyses(m: int, observing: str, d: str, tds: xr.Dataset) -> tuple[xr.Dataset, ...]:
+        return tuple(xr.open_zarr(found[m][meth] / f"{d}_{observing}_r24.zarr") for meth in ("prior", "oi"))
+
     lines = [
         "\n## The prior against its ensemble size (24-h reanalysis)\n",
         "RMSE of the prior's ensemble mean / OI's at the same ensemble size (`--members`; same prior, sampler "
@@ -1058,22 +1062,23 @@ def members_curve(r: Runner) -> str:
         ]  # fmt: skip
         if not dates:
             continue
-        for m in sizes:
-            mse: dict[str, dict[str, list[float]]] = {"prior": defaultdict(list), "oi": defaultdict(list)}
-            for d in dates:
-                _, _, _, tds = r.truth.get(d)
-                for meth in ("prior", "oi"):
-                    ds = xr.open_zarr(found[m][meth] / f"{d}_{observing}_r24.zarr").load()
-                    for k, v in score(ds, tds).items():
-                        mse[meth][k].extend(v["mse"].tolist())
-            ratio = [float(np.sqrt(np.mean(mse["prior"][k]) / np.mean(mse["oi"][k]))) for k in SCORED]
-            met = sum(x <= 0.8 for x in ratio)
-            lines.append(
-                f"| {m} | {observing} | {len(dates)} | "
-                + " | ".join(_fmt(x) for x in ratio)
-                + f" | {met}/{len(ratio)} |"
-            )
+        lines += [_ratio_row(r, m, observing, dates, reanalyses, lambda x: x <= 0.8) for m in sizes]
     return "\n".join(lines) + "\n" + _members_forecast(r, found, sizes)
+
+
+def _ratio_row(r: Runner, m: int, observing: str, dates: list[str], pair, met) -> str:  # type: ignore[no-untyped-def]
+    """One row of the ensemble-size tables: per scored variable, RMSE of ``pair(m, observing, date, truth)[0]`` /
+    RMSE of ``[1]``, each the root of the mean squared error over every state of ``dates`` (as the page's
+    aggregates), and how many variables pass ``met``."""
+    mse: list[dict[str, list[float]]] = [defaultdict(list), defaultdict(list)]
+    for d in dates:
+        tds = r.truth.get(d)[3]
+        for side, ds in enumerate(pair(m, observing, d, tds)):
+            for k, v in score(ds.load(), tds).items():
+                mse[side][k].extend(v["mse"].tolist())
+    ratio = [float(np.sqrt(np.mean(mse[0][k]) / np.mean(mse[1][k]))) for k in SCORED]
+    cells = " | ".join(_fmt(x) for x in ratio)
+    return f"| {m} | {observing} | {len(dates)} | {cells} | {sum(bool(met(x)) for x in ratio)}/{len(ratio)} |"
 
 
 def _members_forecast(r: Runner, found: dict[int, dict[str, Path]], sizes: list[int]) -> str:
@@ -1081,26 +1086,19 @@ def _members_forecast(r: Runner, found: dict[int, dict[str, Path]], sizes: list[
     a = r.a
     lead = np.timedelta64(a.lead_hours, "h")
     fc = "fcc" if a.forecast_mode == "continue" else "fc"
+
+    def forecasts(m: int, observing: str, d: str, tds: xr.Dataset) -> tuple[xr.Dataset, ...]:
+        t_fc = tds["time"].values[0] + np.timedelta64(24, "h")
+        at = np.array([t_fc + lead])
+        prior = xr.open_zarr(found[m]["prior"] / f"{d}_{observing}_{fc}.zarr").sel(time=at)
+        return prior, persistence(tds.sel(time=[t_fc]), at)
+
     lines = []
     for observing in a.observing:
         dates = [d for d in a.dates if all((found[m]["prior"] / f"{d}_{observing}_{fc}.zarr").exists() for m in sizes)]
         if not dates:
             continue
-        for m in sizes:
-            mse: dict[str, dict[str, list[float]]] = {"prior": defaultdict(list), "persistence": defaultdict(list)}
-            for d in dates:
-                _, times, _, tds = r.truth.get(d)
-                t_fc = times[0] + np.timedelta64(24, "h")
-                at = np.array([t_fc + lead])
-                ds = xr.open_zarr(found[m]["prior"] / f"{d}_{observing}_{fc}.zarr").sel(time=at).load()
-                for meth, f in (("prior", ds), ("persistence", persistence(tds.sel(time=[t_fc]), at))):
-                    for k, v in score(f, tds).items():
-                        mse[meth][k].extend(v["mse"].tolist())
-            ratio = [float(np.sqrt(np.mean(mse["prior"][k]) / np.mean(mse["persistence"][k]))) for k in SCORED]
-            lines.append(
-                f"| {m} | {observing} | {len(dates)} | " + " | ".join(_fmt(x) for x in ratio)
-                + f" | {sum(x < 1 for x in ratio)}/{len(ratio)} |"
-            )  # fmt: skip
+        lines += [_ratio_row(r, m, observing, dates, forecasts, lambda x: x < 1) for m in sizes]
     if not lines:
         return ""
     head = [

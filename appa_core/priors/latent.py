@@ -179,18 +179,21 @@ class Prior(DiffusionPrior, nn.Module):
         """Standardized latents ``[B, T, c, h, w]`` -> physical states ``[B, T, C, H, W]`` (differentiable)."""
         self._check_event(z, "Prior.decode")
         b, t = z.shape[:2]
-        e = z.to(self.dtype) * self.latent_std[:, None, None] + self.latent_mean[:, None, None]
-        x = self.autoencoder.decode(e.reshape(b * t, *self.latent_shape))
+        x = self.autoencoder.decode(self._autoencoder_latent(z))
         x = x * self.state_std + self.state_mean
         return x.reshape(b, t, *x.shape[1:]).to(z.dtype)
+
+    def _autoencoder_latent(self, z: Tensor) -> Tensor:
+        """Standardized latents ``[B, T, c, h, w]`` -> the autoencoder's latents ``[B*T, c, h, w]`` (model dtype)."""
+        e = z.to(self.dtype) * self.latent_std[:, None, None] + self.latent_mean[:, None, None]
+        return e.reshape(-1, *self.latent_shape)
 
     def linearize_decode(self, z: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
         """``decode(z)`` ``[B, T, C, H, W]`` and its tangent map ``v [B, T, c, h, w] -> J_decode(z) v``, without
         autograd (:meth:`Autoencoder.linearize_decode`): guidance calls the map once per solver iteration."""
         self._check_event(z, "Prior.linearize_decode")
         b, t = z.shape[:2]
-        e = z.to(self.dtype) * self.latent_std[:, None, None] + self.latent_mean[:, None, None]
-        x, dx_of = self.autoencoder.linearize_decode(e.detach().reshape(b * t, *self.latent_shape))
+        x, dx_of = self.autoencoder.linearize_decode(self._autoencoder_latent(z.detach()))
         x = (x * self.state_std + self.state_mean).reshape(b, t, *x.shape[1:]).to(z.dtype)
 
         def tangent(v: Tensor) -> Tensor:
