@@ -250,11 +250,9 @@ class MMPS:
         _check_finite(r, names, "the residual y - H(E[x|x_t])", where)
         var0 = noise.variance().to(device=r.device)
 
-        def vjp_obs(u: Tensor) -> Tensor:
-            return torch.autograd.grad(y_hat, z_hat, u.to(dt), retain_graph=True)[0]
-
-        def cov_z(v: Tensor) -> Tensor:
-            return s2 * torch.autograd.grad(z_hat, z_t, v, retain_graph=True)[0]
+        def cov_obs(u: Tensor) -> Tensor:
+            """sigma^2 J^T A^T u: one backward pass from y_hat through z_hat to z_t."""
+            return s2 * torch.autograd.grad(y_hat, z_t, u.to(dt), retain_graph=True)[0]
 
         jvp_obs = _tangent_map(observe, z_hat)
 
@@ -262,7 +260,7 @@ class MMPS:
         if self.irls and not noise.gaussian:
             # robust models standardise the residual by the full innovation variance R + diag(A V_t A^T), not by R
             # alone: at large sigma the prior's spread would otherwise make every observation look like an outlier
-            bvar = _predicted_variance(lambda u: jvp_obs(cov_z(vjp_obs(u))).to(f64), r, mask, self.probes)
+            bvar = _predicted_variance(lambda u: jvp_obs(cov_obs(u)).to(f64), r, mask, self.probes)
             w = noise.irls_weights(r * (var0 / (var0 + bvar)).sqrt())
         var = var0 / w
         if unit_rows is not None:
@@ -280,7 +278,7 @@ class MMPS:
             u = u_s * dis
             if mask is not None:
                 u = torch.where(mask, u, torch.zeros_like(u))
-            v_z = cov_z(vjp_obs(u))
+            v_z = cov_obs(u)
             nonlocal products
             if products is not None:
                 products.append(v_z)

@@ -36,12 +36,12 @@ call ``denoiser(x_t, sigma)`` with ``sigma`` of shape ``[B]``.
 from __future__ import annotations
 
 import abc
+import functools
 from collections.abc import Callable, Sequence
 
 import attrs
 import numpy as np
 import torch
-from numpy.polynomial import polynomial as P
 from torch import Tensor
 
 from appa_core.diffusion.schedule import Schedule
@@ -109,20 +109,27 @@ def adams_bashforth_coefficients(nodes: Sequence[float], a: float, b: float) -> 
 
     Returns:
         ``[len(nodes)]``: :math:`\int_a^b p = \sum_j c_j\,p(s_j)` exactly for polynomials of degree
-        ``< len(nodes)``. Computed in the scaled variable :math:`u = (s - a)/(b - a)` for conditioning.
+        ``< len(nodes)``. Computed in the scaled variable :math:`u = (s - a)/(b - a)` for conditioning, by
+        ``len(nodes)``-point Gauss-Legendre quadrature of the Lagrange basis :math:`\ell_j` (exact: its degree
+        ``len(nodes) - 1`` is below ``2 len(nodes)``).
     """
     s = np.asarray(nodes, dtype=np.float64)
     h = float(b - a)
     u = (s - a) / h
-    coefs = np.empty(s.size)
-    for j in range(s.size):
-        poly = np.array([1.0])
-        for k in range(s.size):
-            if k != j:
-                poly = P.polymul(poly, np.array([-u[k], 1.0]) / (u[j] - u[k]))
-        integral = P.polyint(poly)
-        coefs[j] = h * (P.polyval(1.0, integral) - P.polyval(0.0, integral))
-    return coefs
+    n = s.size
+    g, w = _gauss_legendre(n)  # exact for degree <= 2n - 1 >= n - 1, the Lagrange basis's degree
+    diff = u[:, None] - u[None, :]  # [j, k]
+    np.fill_diagonal(diff, 1.0)
+    factors = (g[:, None, None] - u[None, None, :]) / diff[None]  # [i, j, k]: (g_i - u_k) / (u_j - u_k)
+    factors[:, np.arange(n), np.arange(n)] = 1.0
+    return h * (w @ factors.prod(axis=-1))
+
+
+@functools.lru_cache(maxsize=8)
+def _gauss_legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n``-point Gauss-Legendre nodes and weights on ``[0, 1]``."""
+    x, w = np.polynomial.legendre.leggauss(n)
+    return (x + 1.0) / 2.0, w / 2.0
 
 
 def _sig(sigma: float, like: Tensor) -> Tensor:

@@ -11,6 +11,7 @@ import torch
 from appa_core.grid import Grid
 from appa_naturerun.letkf import (
     EARTH_RADIUS_KM,
+    _ball_neighbours,
     apply_weights,
     etkf,
     etkf_weights,
@@ -147,6 +148,46 @@ def test_letkf_block_locality_does_not_change_the_weights():
         np.testing.assert_allclose(t.numpy(), ref.numpy(), atol=1e-11)
     _, t = letkf(x, hx, y, r, **kw)
     np.testing.assert_allclose(t.reshape(-1, n, n).numpy(), ref.numpy(), atol=1e-11)
+
+
+def test_letkf_neighbour_search_equals_all_pairs():
+    """``letkf`` finds the observations in reach with a k-d tree (``neighbours``) instead of computing every
+    column-observation distance; its weights equal the all-pairs ones, with observations 1 m inside and 1 m
+    outside the cut-off of a column, at the poles and across the date line."""
+    grid = Grid.equiangular(24, 48)  # with poles
+    rng = np.random.default_rng(11)
+    n, radius = 6, 1000.0
+    lat0, lon0 = float(grid.lat[10]), float(grid.lon[0])  # a column on the date line's side
+    olat, olon = [rng.uniform(-90, 90, 400)], [rng.uniform(0, 360, 400)]
+    olat.append(np.array([90.0, -90.0, 89.99, 0.0, 0.0]))
+    olon.append(np.array([0.0, 123.0, 359.999, 359.9999, 0.0001]))
+    for d_km in (radius - 1e-3, radius + 1e-3):  # rings at the cut-off: bearings N, E, S, W
+        delta, p1 = d_km / EARTH_RADIUS_KM, np.deg2rad(lat0)
+        theta = np.deg2rad([0.0, 90.0, 180.0, 270.0])
+        p2 = np.arcsin(np.sin(p1) * np.cos(delta) + np.cos(p1) * np.sin(delta) * np.cos(theta))
+        dl = np.arctan2(np.sin(theta) * np.sin(delta) * np.cos(p1), np.cos(delta) - np.sin(p1) * np.sin(p2))
+        olat.append(np.rad2deg(p2))
+        olon.append((lon0 + np.rad2deg(dl)) % 360.0)
+    olat, olon = np.concatenate(olat), np.concatenate(olon)
+    d_col = great_circle_km(torch.tensor(lat0), torch.tensor(lon0), torch.as_tensor(olat), torch.as_tensor(olon))
+    assert ((d_col - radius).abs() < 2e-3).sum() == 8  # the rings straddle the cut-off
+    m = olat.size
+    hx = rng.normal(size=(n, m))
+    y, r = rng.normal(size=m), rng.uniform(0.5, 2.0, size=m)
+    ref = letkf_weights(
+        hx, y, r, n_columns=24 * 48, distance=_grid_distance(grid, olat, olon), radius=radius, inflation=1.1,
+        rtpp=0.3, block=24 * 48,
+    )  # fmt: skip
+    _, t = letkf(rng.normal(size=(n, 1, 24, 48)), hx, y, r, obs_lat=olat, obs_lon=olon, grid=grid,
+                 radius_km=radius, inflation=1.1, rtpp=0.3)  # fmt: skip
+    np.testing.assert_allclose(t.reshape(-1, n, n).numpy(), ref.numpy(), atol=1e-12)
+    assert not np.allclose(ref.numpy(), np.eye(n))  # the observations do move columns
+    # the search itself: every observation within the cut-off of a column is among its neighbours
+    lat2, lon2 = np.meshgrid(np.asarray(grid.lat, float), np.asarray(grid.lon, float), indexing="ij")
+    near = _ball_neighbours(lat2.reshape(-1), lon2.reshape(-1), torch.as_tensor(olat), torch.as_tensor(olon), radius)
+    inside = (_grid_distance(grid, olat, olon)(0, 24 * 48) < radius).numpy()
+    for g in range(24 * 48):
+        assert set(np.flatnonzero(inside[g])) <= set(near(g, g + 1).tolist()), g
 
 
 def _grid_distance(grid, olat, olon):

@@ -157,6 +157,7 @@ def letkf_weights(
     rtpp: float = 0.0,
     max_elements: int = 20_000_000,
     block: int = 16,
+    neighbours: Callable[[int, int], np.ndarray] | None = None,
 ) -> Tensor:
     """LETKF total weights ``[G, N, N]`` for ``G = n_columns`` analysis points with any distance.
 
@@ -172,6 +173,12 @@ def letkf_weights(
             its columns, so neighbouring columns (``distance``'s order) make the chunks cheap: with a 2500 km
             cut-off on a 48 x 96 grid a block of 16 columns in a latitude row sees a few percent of a global
             network instead of all of it. The result does not depend on ``block`` (up to rounding).
+        neighbours: optional ``neighbours(start, stop) -> int array [K]``, sorted: the observations that may lie
+            within ``radius`` of a column ``start:stop`` (a superset is fine: the taper drops the others). With
+            it, ``distance`` is called as ``distance(start, stop, idx) -> [stop - start, K]`` for those
+            observations only, instead of every observation: the distances and tapers of a dense network cost
+            ``O(G * K)`` instead of ``O(G * M)`` (:func:`letkf` builds it from a k-d tree). The result is the same
+            (the same observations, in the same order, get the same weights).
     """
     hx, y, r = _t(hx), _t(y), _t(r)
     _check(hx, y, r, "letkf")
@@ -186,12 +193,19 @@ def letkf_weights(
         if not m:
             out[s:e] = _transform(yb, d, torch.zeros((e - s, 0), dtype=torch.float64), n, inflation, rtpp)
             continue
-        rho = gaspari_cohn(_t(distance(s, e)), radius)  # [chunk, M]
-        near = (rho > 0).any(0)  # the observations in reach of some column of the block: the others weigh 0
-        if bool(near.all()):
-            out[s:e] = _transform(yb, d, rho * inv_r[None], n, inflation, rtpp)
+        if neighbours is None:
+            rho = gaspari_cohn(_t(distance(s, e)), radius)  # [chunk, M]
+            near = (rho > 0).any(0)  # the observations in reach of some column of the block: the others weigh 0
+            if bool(near.all()):
+                out[s:e] = _transform(yb, d, rho * inv_r[None], n, inflation, rtpp)
+                continue
+            idx = near.nonzero()[:, 0]
         else:
-            out[s:e] = _transform(yb[:, near], d[near], rho[:, near] * inv_r[near][None], n, inflation, rtpp)
+            cand = torch.as_tensor(np.asarray(neighbours(s, e), dtype=np.int64))
+            rho = gaspari_cohn(_t(distance(s, e, cand)), radius)  # [chunk, K]
+            near = (rho > 0).any(0)
+            idx = cand[near]
+        out[s:e] = _transform(yb[:, idx], d[idx], rho[:, near] * inv_r[idx][None], n, inflation, rtpp)
     return out
 
 
@@ -234,8 +248,14 @@ def letkf(
     )
     clat, clon = torch.as_tensor(lat2.reshape(-1)), torch.as_tensor(lon2.reshape(-1))
 
-    def dist(s: int, e: int) -> Tensor:
-        return great_circle_km(clat[s:e, None], clon[s:e, None], olat[None], olon[None])
+    def dist(s: int, e: int, idx: Tensor | None = None) -> Tensor:
+        if idx is None:
+            return great_circle_km(clat[s:e, None], clon[s:e, None], olat[None], olon[None])
+        return great_circle_km(clat[s:e, None], clon[s:e, None], olat[None, idx], olon[None, idx])
+
+    near = (
+        None if math.isinf(radius_km) else _ball_neighbours(lat2.reshape(-1), lon2.reshape(-1), olat, olon, radius_km)
+    )
 
     t = letkf_weights(
         hx,
@@ -247,8 +267,35 @@ def letkf(
         inflation=inflation,
         rtpp=rtpp,
         max_elements=max_elements,
+        neighbours=near,
     ).reshape(h, w, *([_t(hx).shape[0]] * 2))
     return apply_weights(xb, t), t
+
+
+def _unit_vectors(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+    """Points on the unit sphere ``[P, 3]`` from degrees."""
+    p, q = np.deg2rad(lat), np.deg2rad(lon)
+    return np.stack([np.cos(p) * np.cos(q), np.cos(p) * np.sin(q), np.sin(p)], axis=-1)
+
+
+def _ball_neighbours(
+    col_lat: np.ndarray, col_lon: np.ndarray, obs_lat: Tensor, obs_lon: Tensor, radius_km: float
+) -> Callable[[int, int], np.ndarray]:
+    """``neighbours(start, stop)`` for :func:`letkf_weights`: the sorted indices of the observations within
+    ``radius_km`` (plus 1 m, for rounding) of one of the columns ``start:stop``, from one
+    :class:`scipy.spatial.cKDTree` ball query per column on the unit sphere (chord = ``2 sin(d / 2R)``)."""
+    from scipy.spatial import cKDTree
+
+    obs = _unit_vectors(obs_lat.numpy(), obs_lon.numpy())
+    tree = cKDTree(obs)
+    chord = 2.0 * math.sin(min(math.pi / 2, (radius_km + 1e-3) / (2.0 * EARTH_RADIUS_KM)))
+    balls = tree.query_ball_point(_unit_vectors(col_lat, col_lon), chord, return_sorted=True)
+
+    def neighbours(start: int, stop: int) -> np.ndarray:
+        parts = [np.asarray(b, dtype=np.int64) for b in balls[start:stop]]
+        return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+
+    return neighbours
 
 
 def apply_weights(x: ArrayLike, weights: ArrayLike) -> Tensor:
