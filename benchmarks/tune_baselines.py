@@ -44,7 +44,17 @@ import xarray as xr
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from twin import ENKF_CLI, PAGE_PRIOR_ARGS, TUNED, Truth, _rel, method_key, prior_hash, states  # noqa: E402
+from twin import (  # noqa: E402
+    ENKF_CLI,
+    PAGE_PRIOR_ARGS,
+    TUNED,
+    Truth,
+    _rel,
+    method_key,
+    prior_hash,
+    spread_entries,
+    states,
+)
 from twin import parse_args as twin_args  # noqa: E402
 
 EARTH_LABELS = ("Z500", "T850", "U850", "Q700", "T2M", "MSLP", "U10", "V10")
@@ -210,7 +220,8 @@ def tune_prior_spread(a: argparse.Namespace) -> dict[str, Any]:
     if rc != 0:
         raise SystemExit(f"tune_baselines: prior runs failed (rc {rc}), see {a.cache / 'prior-docs' / 'log.txt'}")
     phash = prior_hash(ROOT / "appa_core" / "assets" / "demo_prior")
-    key = method_key(twin_args(args), "prior", phash)  # the cache key of these runs, and the settings they hold for
+    settings = twin_args(args)
+    key = method_key(settings, "prior", phash)  # the cache key of these runs, and the settings they hold for
     truth = Truth(a.train, states(24))
     factors, ssr_before = {}, {}
     for o in observing:
@@ -234,7 +245,8 @@ def tune_prior_spread(a: argparse.Namespace) -> dict[str, Any]:
             "dates": list(a.spread_dates),
             "observing": observing,
             "sampler": a.prior_args,
-            "scored": "24-h reanalysis (5 states), 8 members; factor = pooled RMSE / (sqrt((m+1)/m) spread)",
+            "scored": f"24-h reanalysis (5 states), {settings.members} members; factor = pooled RMSE / "
+            "(sqrt((m+1)/m) spread)",
         },
     }
 
@@ -248,15 +260,18 @@ def main(argv: list[str] | None = None) -> int:
     if a.only in (None, "oi"):
         out["oi"] = tune_oi(a)
         log(f"OI: chosen {out['oi']['chosen']}")
-    if a.only in (None, "prior-spread"):
-        out["prior_spread"] = tune_prior_spread(a)
+    spread = None
+    if a.only in (None, "prior-spread"):  # kept per sampler key: fits for other settings (ensemble sizes) stay
+        spread = tune_prior_spread(a)
+        out["prior_spread"] = {**spread_entries(out.get("prior_spread", {})), spread["sampler_key"]: spread}
     args = argv if argv is not None else sys.argv[1:]
     # no machine paths in the committed file (_rel: absolute paths relative to the repository)
     command = "python benchmarks/tune_baselines.py " + " ".join(map(_rel, args))
-    for section in ("enkf", "oi", "prior-spread"):
+    for section in ("enkf", "oi"):
         if a.only in (None, section):
-            section = section.replace("-", "_")
             out[section]["command"] = command
+    if spread is not None:
+        spread["command"] = command
     out.pop("command", None)
     tmp = TUNED.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(out, indent=1) + "\n")

@@ -247,6 +247,15 @@ def method_key(a: argparse.Namespace, method: str, phash: str = "") -> str:
     return method
 
 
+def spread_entries(section: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``tuned_baselines.json``'s ``prior_spread``: one fit per sampler key (``method_key`` of the prior, which
+    holds the prior's hash and the sampler settings, ensemble size included), as ``{sampler_key: fit}``. A file
+    written before several fits were kept holds a single fit at the top level; it is read as one entry."""
+    if "sampler_key" in section:
+        return {section["sampler_key"]: section}
+    return dict(section)
+
+
 def states(hours: int) -> int:
     return hours // 6 + 1
 
@@ -379,8 +388,9 @@ class Runner:
         ``method_key``, which holds the prior's file hash); else ``None``."""
         if self.a.spread_calibration == "off" or not TUNED.exists():
             return None
-        tuned = json.loads(TUNED.read_text()).get("prior_spread", {})
-        if tuned.get("sampler_key") != method_key(self.a, "prior", self.phash):
+        entries = spread_entries(json.loads(TUNED.read_text()).get("prior_spread", {}))
+        tuned = entries.get(method_key(self.a, "prior", self.phash))
+        if tuned is None:
             return None  # fitted for another prior or other sampler settings
         if observing not in tuned.get("factors", {}):
             return None
