@@ -38,6 +38,10 @@ def test_adams_bashforth_integrates_polynomials_exactly(nodes: list[float]) -> N
         assert abs(sum(ci * s**k for ci, s in zip(c, nodes, strict=True)) - exact) < 1e-13 * max(1, abs(a) ** k)
 
 
+def test_adams_bashforth_no_nodes() -> None:
+    assert adams_bashforth_coefficients([], 1.0, 0.5).shape == (0,)
+
+
 def test_ab3_known_coefficients_uniform_grid() -> None:
     # classic AB3 on a uniform grid with step h: (23, -16, 5) / 12 * h
     c = adams_bashforth_coefficients([2.0, 3.0, 4.0], 2.0, 1.0)

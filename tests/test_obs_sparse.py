@@ -36,6 +36,26 @@ def test_matvec_rmatvec_match_dense_and_adjoint(reorder: bool) -> None:
     assert (ax * y).sum().item() == pytest.approx((x * aty).sum().item(), rel=1e-13)
 
 
+@pytest.mark.parametrize("reorder", [False, True])
+def test_batched_rows_equal_row_by_row_and_are_contiguous(reorder: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small batch of rows is one scipy call; its products are the row-by-row ones bit for bit, and every
+    output is C-contiguous (a strided result would change the rounding of later reductions)."""
+    import appa_core.obs.sparse as sparse
+
+    mat = CSRMatrix(_matrix(), reorder=reorder)
+    gen = torch.Generator().manual_seed(1)
+    for dtype in (torch.float32, torch.float64):
+        x = torch.randn(4, 11, generator=gen, dtype=dtype)
+        y = torch.randn(4, 7, generator=gen, dtype=dtype)
+        batched = (mat.matvec(x), mat.rmatvec(y))
+        monkeypatch.setattr(sparse, "_BATCH_ONE_CALL", 0)  # row by row
+        rows = (mat.matvec(x), mat.rmatvec(y))
+        monkeypatch.undo()
+        for b, r in zip(batched, rows, strict=True):
+            assert b.is_contiguous() and r.is_contiguous()
+            assert torch.equal(b, r)
+
+
 def test_gradients_against_finite_differences_and_double_backward() -> None:
     mat = CSRMatrix(_matrix(), reorder=True)
     x = torch.randn(2, 11, dtype=torch.float64, requires_grad=True)

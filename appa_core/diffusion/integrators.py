@@ -117,6 +117,8 @@ def adams_bashforth_coefficients(nodes: Sequence[float], a: float, b: float) -> 
     h = float(b - a)
     u = (s - a) / h
     n = s.size
+    if n == 0:
+        return np.zeros(0)
     g, w = _gauss_legendre(n)  # exact for degree <= 2n - 1 >= n - 1, the Lagrange basis's degree
     diff = u[:, None] - u[None, :]  # [j, k]
     np.fill_diagonal(diff, 1.0)
@@ -129,7 +131,9 @@ def adams_bashforth_coefficients(nodes: Sequence[float], a: float, b: float) -> 
 def _gauss_legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
     """``n``-point Gauss-Legendre nodes and weights on ``[0, 1]``."""
     x, w = np.polynomial.legendre.leggauss(n)
-    return (x + 1.0) / 2.0, w / 2.0
+    g, w = (x + 1.0) / 2.0, w / 2.0
+    g.flags.writeable = w.flags.writeable = False  # shared by the cache
+    return g, w
 
 
 def _sig(sigma: float, like: Tensor) -> Tensor:

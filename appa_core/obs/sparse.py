@@ -134,9 +134,7 @@ class CSRMatrix:
         work = x.dtype if x.dtype in _NUMPY_DTYPES else torch.float32
         A = self._csr(np.dtype(_NUMPY_DTYPES[work]))
         xs = rows.detach().to(work).contiguous().numpy()
-        out = _rows_product(A, xs)
-        if self._inverse is not None:
-            out = out[:, self._inverse]
+        out = _rows_product(A, xs, self._inverse)
         return torch.from_numpy(out).reshape(*lead, self.shape[0]).to(x.dtype)
 
     def rmatvec(self, g: Tensor) -> Tensor:
@@ -159,16 +157,20 @@ class CSRMatrix:
         return torch.from_numpy(out).reshape(*lead, self.shape[1]).to(g.dtype)
 
 
-#: below this many input values a batch of rows is one scipy call on the ``[N, B]`` matrix (its transposing copy is
-#: cheaper than a Python-level call per row); above it, one call per row (no copy of a large state)
+#: below this many values (input or output) a batch of rows is one scipy call on the ``[N, B]`` matrix: its
+#: transposing copies cost less than a Python-level call per row; above it, one call per row
 _BATCH_ONE_CALL = 1 << 16
 
 
-def _rows_product(A: sp.csr_array | sp.csc_array, xs: np.ndarray) -> np.ndarray:
-    """``A @ xs[r]`` for every row ``r`` of ``xs`` ``[B, N]`` -> ``[B, M]``."""
-    if xs.shape[0] > 1 and xs.size <= _BATCH_ONE_CALL:
-        return np.ascontiguousarray((A @ xs.T).T)
+def _rows_product(A: sp.csr_array | sp.csc_array, xs: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """``(A @ xs[r])[rows]`` for every row ``r`` of ``xs`` ``[B, N]`` -> C-contiguous ``[B, M]`` (``rows``: an
+    optional permutation of the output's entries)."""
+    if xs.shape[0] > 1 and max(xs.size, xs.shape[0] * A.shape[0]) <= _BATCH_ONE_CALL:
+        out = A @ xs.T  # [M, B]
+        return np.ascontiguousarray((out if rows is None else out[rows]).T)
     ys = [A @ xs[r] for r in range(xs.shape[0])]
+    if rows is not None:
+        ys = [y[rows] for y in ys]
     return ys[0][None] if len(ys) == 1 else np.stack(ys)
 
 

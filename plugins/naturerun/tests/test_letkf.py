@@ -153,11 +153,11 @@ def test_letkf_block_locality_does_not_change_the_weights():
 def test_letkf_neighbour_search_equals_all_pairs():
     """``letkf`` finds the observations in reach with a k-d tree (``neighbours``) instead of computing every
     column-observation distance; its weights equal the all-pairs ones, with observations 1 m inside and 1 m
-    outside the cut-off of a column, at the poles and across the date line."""
+    outside the cut-off of a column, at the poles and across the 0/360 longitude seam."""
     grid = Grid.equiangular(24, 48)  # with poles
     rng = np.random.default_rng(11)
     n, radius = 6, 1000.0
-    lat0, lon0 = float(grid.lat[10]), float(grid.lon[0])  # a column on the date line's side
+    lat0, lon0 = float(grid.lat[10]), float(grid.lon[0])  # a column on the 0/360 longitude seam
     olat, olon = [rng.uniform(-90, 90, 400)], [rng.uniform(0, 360, 400)]
     olat.append(np.array([90.0, -90.0, 89.99, 0.0, 0.0]))
     olon.append(np.array([0.0, 123.0, 359.999, 359.9999, 0.0001]))
@@ -188,6 +188,38 @@ def test_letkf_neighbour_search_equals_all_pairs():
     inside = (_grid_distance(grid, olat, olon)(0, 24 * 48) < radius).numpy()
     for g in range(24 * 48):
         assert set(np.flatnonzero(inside[g])) <= set(near(g, g + 1).tolist()), g
+
+
+@pytest.mark.parametrize("radius", [19000.0, 25000.0])
+def test_letkf_neighbour_search_far_cut_off_and_unplaced_observations(radius):
+    """A cut-off near or past the antipode (the chord's rounding could drop an antipodal observation: the search
+    is skipped there), one-column blocks (no neighbouring column to bring a missed observation back), and
+    observations without a finite position (no weight, as on the all-pairs path)."""
+    grid = Grid.equiangular(12, 24, poles=False)  # 12 of its columns' antipodes fall outside a chord-2 ball
+    rng = np.random.default_rng(4)
+    lat2, lon2 = np.meshgrid(np.asarray(grid.lat, float), np.asarray(grid.lon, float), indexing="ij")
+    olat = np.concatenate([-lat2.reshape(-1), rng.uniform(-90, 90, 30), [np.nan, 10.0]])
+    olon = np.concatenate([(lon2.reshape(-1) + 180.0) % 360.0, rng.uniform(0, 360, 30), [10.0, np.inf]])
+    n, m, g = 5, olat.size, 12 * 24
+    hx = rng.normal(size=(n, m))
+    y, r = rng.normal(size=m), rng.uniform(0.5, 2.0, size=m)
+    kw = dict(radius=radius, inflation=1.1, rtpp=0.3)
+    ref = letkf_weights(hx, y, r, n_columns=g, distance=_grid_distance(grid, olat, olon), block=g, **kw)
+    _, t = letkf(
+        rng.normal(size=(n, 1, 12, 24)),
+        hx,
+        y,
+        r,
+        obs_lat=olat,
+        obs_lon=olon,
+        grid=grid,
+        radius_km=radius,
+        inflation=1.1,
+        rtpp=0.3,
+        max_elements=n * m,
+    )  # one column per block
+    assert torch.isfinite(t).all()
+    np.testing.assert_allclose(t.reshape(-1, n, n).numpy(), ref.numpy(), atol=1e-12)
 
 
 def _grid_distance(grid, olat, olon):

@@ -151,7 +151,7 @@ def letkf_weights(
     r: ArrayLike,
     *,
     n_columns: int,
-    distance: Callable[[int, int], Tensor],
+    distance: Callable[..., Tensor],
     radius: float,
     inflation: float = 1.0,
     rtpp: float = 0.0,
@@ -173,12 +173,13 @@ def letkf_weights(
             its columns, so neighbouring columns (``distance``'s order) make the chunks cheap: with a 2500 km
             cut-off on a 48 x 96 grid a block of 16 columns in a latitude row sees a few percent of a global
             network instead of all of it. The result does not depend on ``block`` (up to rounding).
-        neighbours: optional ``neighbours(start, stop) -> int array [K]``, sorted: the observations that may lie
+        neighbours: optional ``neighbours(start, stop) -> int array [K]``: the observations that may lie
             within ``radius`` of a column ``start:stop`` (a superset is fine: the taper drops the others). With
             it, ``distance`` is called as ``distance(start, stop, idx) -> [stop - start, K]`` for those
             observations only, instead of every observation: the distances and tapers of a dense network cost
-            ``O(G * K)`` instead of ``O(G * M)`` (:func:`letkf` builds it from a k-d tree). The result is the same
-            (the same observations, in the same order, get the same weights).
+            ``O(G * K)`` instead of ``O(G * M)`` (:func:`letkf` builds it from a k-d tree). The indices are
+            sorted and de-duplicated here, so the result is the same (the same observations, in the same order,
+            get the same weights).
     """
     hx, y, r = _t(hx), _t(y), _t(r)
     _check(hx, y, r, "letkf")
@@ -201,7 +202,7 @@ def letkf_weights(
                 continue
             idx = near.nonzero()[:, 0]
         else:
-            cand = torch.as_tensor(np.asarray(neighbours(s, e), dtype=np.int64))
+            cand = torch.as_tensor(np.unique(np.asarray(neighbours(s, e), dtype=np.int64)))  # sorted, once each
             rho = gaspari_cohn(_t(distance(s, e, cand)), radius)  # [chunk, K]
             near = (rho > 0).any(0)
             idx = cand[near]
@@ -280,20 +281,27 @@ def _unit_vectors(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
 
 def _ball_neighbours(
     col_lat: np.ndarray, col_lon: np.ndarray, obs_lat: Tensor, obs_lon: Tensor, radius_km: float
-) -> Callable[[int, int], np.ndarray]:
+) -> Callable[[int, int], np.ndarray] | None:
     """``neighbours(start, stop)`` for :func:`letkf_weights`: the sorted indices of the observations within
-    ``radius_km`` (plus 1 m, for rounding) of one of the columns ``start:stop``, from one
-    :class:`scipy.spatial.cKDTree` ball query per column on the unit sphere (chord = ``2 sin(d / 2R)``)."""
+    ``radius_km`` (plus 1 m, for rounding) of one of the columns ``start:stop``, from a
+    :class:`scipy.spatial.cKDTree` ball query per column on the unit sphere (chord = ``2 sin(d / 2R)``), made
+    when a block asks (memory ``O(block x neighbours)``). ``None`` (every observation) when the cut-off reaches
+    the antipode, where the chord's rounding could drop one. Observations with a non-finite position are never
+    neighbours (their taper is 0 on the all-pairs path too)."""
     from scipy.spatial import cKDTree
 
+    if radius_km + 1e-3 >= math.pi * EARTH_RADIUS_KM:
+        return None
     obs = _unit_vectors(obs_lat.numpy(), obs_lon.numpy())
-    tree = cKDTree(obs)
-    chord = 2.0 * math.sin(min(math.pi / 2, (radius_km + 1e-3) / (2.0 * EARTH_RADIUS_KM)))
-    balls = tree.query_ball_point(_unit_vectors(col_lat, col_lon), chord, return_sorted=True)
+    finite = np.flatnonzero(np.isfinite(obs).all(axis=-1))
+    tree = cKDTree(obs[finite])
+    cols = _unit_vectors(col_lat, col_lon)
+    chord = 2.0 * math.sin((radius_km + 1e-3) / (2.0 * EARTH_RADIUS_KM))
 
     def neighbours(start: int, stop: int) -> np.ndarray:
-        parts = [np.asarray(b, dtype=np.int64) for b in balls[start:stop]]
-        return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+        balls = tree.query_ball_point(cols[start:stop], chord)
+        found = np.concatenate([np.asarray(b, dtype=np.int64) for b in balls]) if len(balls) else np.zeros(0, int)
+        return finite[np.unique(found)]
 
     return neighbours
 
