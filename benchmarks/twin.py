@@ -648,10 +648,14 @@ class Runner:
             os.replace(tmp, self.a.cache / "last_run.json")
         self.report()
 
-    @staticmethod
-    def _plan_key(jobs: list[tuple[str, ...]]) -> str:
-        """A configuration's key in ``last_run.json``: the hash of its job list (one cache serves several)."""
-        return hashlib.sha256("\n".join(sorted(" ".join(j) for j in jobs)).encode()).hexdigest()[:16]
+    def _plan_key(self, jobs: list[tuple[str, ...]], a: argparse.Namespace | None = None) -> str:
+        """A configuration's key in ``last_run.json`` (one cache serves several): the hash of its job list and of
+        each method's settings (``method_key`` without the prior's hash, which the record holds: ensemble size,
+        steps, solver, seeds), for the settings ``a`` (default: this invocation's)."""
+        a = a or self.a
+        settings = {m: method_key(a, m) for m in sorted({j[0] for j in jobs})}
+        lines = sorted(" ".join(j) for j in jobs) + [f"{m}: {k}" for m, k in settings.items()]
+        return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
     def _last_runs(self) -> dict[str, dict[str, Any]]:
         """``last_run.json``: per configuration (:meth:`_plan_key`), the invocation that last completed its table."""
@@ -1053,6 +1057,15 @@ def members_curve(r: Runner) -> str:
     def reanalyses(m: int, observing: str, d: str, tds: xr.Dataset) -> tuple[xr.Dataset, ...]:
         return tuple(xr.open_zarr(found[m][meth] / f"{d}_{observing}_r24.zarr") for meth in ("prior", "oi"))
 
+    timed = []
+    for m in sizes:
+        rec = r._last_runs().get(f"{r._plan_key(r.jobs(), argparse.Namespace(**{**vars(a), 'members': m}))}/from-empty")
+        if rec is not None:
+            timed.append(
+                f"the whole table with {m} members took {rec['wall_min']:.0f} min from an empty cache (`--jobs "
+                f"{rec['jobs']}`, {rec['threads']} torch thread per process, prior {rec.get('prior', '?')}; "
+                f"finished {rec['finished']}, load average {rec['load_average_end']} at the end)"
+            )
     lines = [
         "\n## The prior against its ensemble size (24-h reanalysis)\n",
         "RMSE of the prior's ensemble mean / OI's at the same ensemble size (`--members`; same prior, sampler "
@@ -1061,7 +1074,9 @@ def members_curve(r: Runner) -> str:
         "the posterior mean, so more members lower the RMSE of both methods, the prior's more (its spread is "
         "larger). The sampling work (denoiser, decoder, operators, solves) is per member, so its cost grows in "
         "proportion to the ensemble size. Another size: the page's command with `--members M --methods prior oi` "
-        "(`--no-forecast` for the reanalyses alone, `--observing` to restrict it), then `--report-only`.\n",
+        "(`--no-forecast` for the reanalyses alone, `--observing` to restrict it), then `--report-only`."
+        + (" Measured: " + "; ".join(timed) + "." if timed else "")
+        + "\n",
         "| members | observing | dates | " + " | ".join(SCORED) + " | <= 0.8 |",
         "|---" * (4 + len(SCORED)) + "|",
     ]
@@ -1127,14 +1142,18 @@ def _nested(found: dict[int, dict[str, Path]], sizes: list[int], date: str, obse
         ens = [xr.open_zarr(found[m]["prior"] / f"{date}_{observing}_r24.zarr")["2m_temperature"] for m in sizes]
     except FileNotFoundError:
         return "nesting not checked"
-    same = all(
-        np.array_equal(small.values, big.isel(member=slice(0, small.sizes["member"])).values)
+    gap = max(
+        float(np.abs(small.values - big.isel(member=slice(0, small.sizes["member"])).values).max())
         for small, big in itertools.pairwise(ens)
     )
+    if gap == 0.0:
+        return (
+            f"the prior's smaller ensembles are the first members of the larger ones, bit for bit ({date}, {observing})"
+        )
     return (
-        f"the prior's smaller ensembles are the first members of the larger ones, bit for bit ({date}, {observing})"
-        if same
-        else f"the prior's ensembles are not nested ({date}, {observing})"
+        f"the first members of each larger ensemble are not the smaller ensemble bit for bit: up to {gap:.2g} K apart "
+        f"in 2m_temperature ({date}, {observing}; runs made by different code versions differ at rounding level, "
+        "and more where a solve's stopping iteration changes)"
     )
 
 
