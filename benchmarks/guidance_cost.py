@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -309,12 +310,13 @@ def section(results: dict[str, dict]) -> str:
     lines = [
         "## Guidance cost",
         "",
-        f"`benchmarks/guidance_cost.py`, {machine()}, 1 thread, on the shared machine (other jobs were running, so "
-        "absolute times are noisy; configurations were interleaved and each time is the median of the repeats, "
-        "with the min-max spread). Both guided denoisers drive the same LMS sampler from the same initial noise; "
-        "error = RMS difference of the final samples from the reference run. azula: `MMPSDenoiser`, k GMRES "
-        "iterations from zero per call. Ours warm: `MMPS(tol=...)` with `warm_start=True` (the default), GMRES; ours "
-        "cold k: our solver in azula's mode (k iterations from zero, no tolerance).",
+        f"`benchmarks/guidance_cost.py`, {machine()}, 1 thread, on the shared 2-core machine (absolute times are "
+        "noisy when other jobs run: each problem gives its load average; configurations were interleaved and each "
+        "time is the median of the repeats, with the min-max spread). Both guided denoisers drive the same LMS "
+        "sampler from the same initial noise; error = RMS difference of the final samples from the reference run. "
+        "azula: `MMPSDenoiser`, k GMRES iterations from zero per call. Ours warm: `MMPS(tol=...)` with "
+        "`warm_start=True` (the default), GMRES; ours cold k: our solver in azula's mode (k iterations from zero, "
+        "no tolerance).",
         "",
     ]
     for name, res in results.items():
@@ -323,7 +325,12 @@ def section(results: dict[str, dict]) -> str:
         p = res["problem"]
         lines += [
             f"**{name}**: {p['description']}; reference: {p['reference']}; {p['repeats']} repeats; measured "
-            f"{p['date']} in {p['minutes']:.0f} min.",
+            f"{p['date']} in {p['minutes']:.0f} min"
+            + (
+                f" (load average {p['load_average'][0]:.1f} at the start, {p['load_average'][1]:.1f} at the end)."
+                if "load_average" in p
+                else " (load average not recorded)."
+            ),
             "",
         ]
         ks = sorted(int(r["config"].split("=")[1]) for r in res["rows"] if r["config"].startswith("azula k="))
@@ -441,18 +448,19 @@ def main() -> None:
     if a.report_only:
         a.problems = []
     if "gaussian" in a.problems:
-        t0 = time.time()
+        t0, load0 = time.time(), os.getloadavg()[0]
         prob = GaussianProblem(a.steps)
         ks = [1, 2, 4, 8, 16, 32]
         rows = measure(prob, configs(prob, ks, [3e-1, 1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 1e-4], 64, ks), a.repeats)
         results["Gaussian prior"] = {
             "problem": {"description": f"dense GaussianPrior, D = 1024, 200 point observations (noise std 0.1), "
                         f"4 members, LMS {a.steps} steps", "reference": prob.reference_note, "repeats": a.repeats,
-                        "minutes": (time.time() - t0) / 60, "date": time.strftime("%Y-%m-%d")},
+                        "minutes": (time.time() - t0) / 60, "date": time.strftime("%Y-%m-%d"),
+                        "load_average": [load0, os.getloadavg()[0]]},
             "rows": rows, "pairs": pairs(rows, ks),
         }  # fmt: skip
     if "demo" in a.problems:
-        t0 = time.time()
+        t0, load0 = time.time(), os.getloadavg()[0]
         prob = DemoProblem(a.demo_steps, a.demo_obs)
         reps: list = []
         prob.reference = prob.run(ours_denoiser(prob, MMPS(maxiter=64, tol=a.demo_ref_tol), reps))
@@ -467,7 +475,8 @@ def main() -> None:
             "problem": {"description": f"bundled demo prior, K = 8 states (latent [8, 24, 24, 48]), {a.demo_obs} point "
                         f"observations of the decoded truth (noise 0.3 field std), 2 members, LMS {a.demo_steps} steps",
                         "reference": prob.reference_note, "repeats": a.demo_repeats,
-                        "minutes": (time.time() - t0) / 60, "date": time.strftime("%Y-%m-%d")},
+                        "minutes": (time.time() - t0) / 60, "date": time.strftime("%Y-%m-%d"),
+                        "load_average": [load0, os.getloadavg()[0]]},
             "rows": rows, "pairs": pairs(rows, ks),
         }  # fmt: skip
     if "profile" in a.problems:
