@@ -32,6 +32,7 @@ import argparse
 import itertools
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -266,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         out["prior_spread"] = {**spread_entries(out.get("prior_spread", {})), spread["sampler_key"]: spread}
     args = argv if argv is not None else sys.argv[1:]
     # no machine paths in the committed file (_rel: absolute paths relative to the repository)
-    command = "python benchmarks/tune_baselines.py " + " ".join(map(_rel, args))
+    command = "python benchmarks/tune_baselines.py " + shlex.join(map(_rel, args))  # quoted: --prior-args "..."
     for section in ("enkf", "oi"):
         if a.only in (None, section):
             out[section]["command"] = command
