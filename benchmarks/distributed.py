@@ -129,7 +129,7 @@ def main() -> None:
                 "## Distributed sampling",
                 "",
                 f"`python benchmarks/distributed.py --members {args.members} --batch {args.batch} --steps "
-                f"{args.steps} --repeats {args.repeats}` on {machine()}, no other job running (medians, min-max, "
+                f"{args.steps} --repeats {args.repeats}` on {machine()} (load average below; medians, min-max, "
                 "of interleaved runs). The example config of `appa assimilate --example` (demo prior, 24-hour "
                 f"reanalysis, 15 stations) with {args.members} members in batches of {args.batch} and "
                 f"{args.steps} LMS steps; 2 processes through `torchrun --standalone --nproc-per-node 2` (gloo). "

@@ -1057,14 +1057,13 @@ def members_curve(r: Runner) -> str:
     def reanalyses(m: int, observing: str, d: str, tds: xr.Dataset) -> tuple[xr.Dataset, ...]:
         return tuple(xr.open_zarr(found[m][meth] / f"{d}_{observing}_r24.zarr") for meth in ("prior", "oi"))
 
-    timed = []
+    runs, jobs, timed = r._last_runs(), r.jobs(), []
     for m in sizes:
-        rec = r._last_runs().get(f"{r._plan_key(r.jobs(), argparse.Namespace(**{**vars(a), 'members': m}))}/from-empty")
+        rec = runs.get(f"{r._plan_key(jobs, argparse.Namespace(**{**vars(a), 'members': m}))}/from-empty")
         if rec is not None:
             timed.append(
-                f"the whole table with {m} members took {rec['wall_min']:.0f} min from an empty cache (`--jobs "
-                f"{rec['jobs']}`, {rec['threads']} torch thread per process, prior {rec.get('prior', '?')}; "
-                f"finished {rec['finished']}, load average {rec['load_average_end']} at the end)"
+                f"the whole table with {m} members took {rec['wall_min']:.0f} min from an empty cache with the prior "
+                f"{rec.get('prior', '?')} ({_run_conditions(rec)})"
             )
     lines = [
         "\n## The prior against its ensemble size (24-h reanalysis)\n",
@@ -1487,11 +1486,16 @@ def _last_run_note(r: Runner) -> str:
             f"{total} runs (the others were in the cache)"
         )
         label = "wall time of the whole table" if n == total else "last invocation"
-        out.append(
-            f"* **{label}**: {run} (`--jobs {d['jobs']}`, {d['threads']} torch thread per "
-            f"process; finished {d['finished']}, load average {d['load_average_end']} at the end).\n"
-        )
+        out.append(f"* **{label}**: {run} ({_run_conditions(d)}).\n")
     return "".join(out)
+
+
+def _run_conditions(d: dict[str, Any]) -> str:
+    """How a ``last_run.json`` record ran: processes, threads, when it finished and the load at the end."""
+    return (
+        f"`--jobs {d['jobs']}`, {d['threads']} torch thread per process; finished {d['finished']}, load average "
+        f"{d['load_average_end']} at the end"
+    )
 
 
 def timing_rows(r: Runner, walls: dict[str, list[float]]) -> str:

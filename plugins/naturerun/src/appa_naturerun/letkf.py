@@ -249,14 +249,10 @@ def letkf(
     )
     clat, clon = torch.as_tensor(lat2.reshape(-1)), torch.as_tensor(lon2.reshape(-1))
 
-    def dist(s: int, e: int, idx: Tensor | None = None) -> Tensor:
-        if idx is None:
-            return great_circle_km(clat[s:e, None], clon[s:e, None], olat[None], olon[None])
+    def dist(s: int, e: int, idx: Tensor | slice = slice(None)) -> Tensor:
         return great_circle_km(clat[s:e, None], clon[s:e, None], olat[None, idx], olon[None, idx])
 
-    near = (
-        None if math.isinf(radius_km) else _ball_neighbours(lat2.reshape(-1), lon2.reshape(-1), olat, olon, radius_km)
-    )
+    near = _ball_neighbours(clat.numpy(), clon.numpy(), olat, olon, radius_km)
 
     t = letkf_weights(
         hx,
@@ -282,12 +278,12 @@ def _unit_vectors(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
 def _ball_neighbours(
     col_lat: np.ndarray, col_lon: np.ndarray, obs_lat: Tensor, obs_lon: Tensor, radius_km: float
 ) -> Callable[[int, int], np.ndarray] | None:
-    """``neighbours(start, stop)`` for :func:`letkf_weights`: the sorted indices of the observations within
-    ``radius_km`` (plus 1 m, for rounding) of one of the columns ``start:stop``, from a
+    """``neighbours(start, stop)`` for :func:`letkf_weights`: the indices of the observations within ``radius_km``
+    (plus 1 m, for rounding) of one of the columns ``start:stop`` (with repeats: ``letkf_weights`` sorts them), from a
     :class:`scipy.spatial.cKDTree` ball query per column on the unit sphere (chord = ``2 sin(d / 2R)``), made
     when a block asks (memory ``O(block x neighbours)``). ``None`` (every observation) when the cut-off reaches
-    the antipode, where the chord's rounding could drop one. Observations with a non-finite position are never
-    neighbours (their taper is 0 on the all-pairs path too)."""
+    the antipode (or is infinite), where the chord's rounding could drop one. Observations with a non-finite
+    position are never neighbours (their taper is 0 on the all-pairs path too)."""
     from scipy.spatial import cKDTree
 
     if radius_km + 1e-3 >= math.pi * EARTH_RADIUS_KM:
@@ -301,7 +297,7 @@ def _ball_neighbours(
     def neighbours(start: int, stop: int) -> np.ndarray:
         balls = tree.query_ball_point(cols[start:stop], chord)
         found = np.concatenate([np.asarray(b, dtype=np.int64) for b in balls]) if len(balls) else np.zeros(0, int)
-        return finite[np.unique(found)]
+        return finite[found]
 
     return neighbours
 
