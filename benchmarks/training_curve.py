@@ -110,6 +110,36 @@ def train_seconds(metrics: list[dict], step: int) -> float | None:
     return at
 
 
+def score(h: str, args: argparse.Namespace, common: list[str]) -> dict:
+    """The cached 24-h reanalyses of the prior ``h`` against OI's (RMSE ratios, ``out[observing]``) and against the
+    EnKF's (CRPS ratios, ``out["crps_enkf"][observing]``), per headline variable, on ``args.dates``. An observing
+    system whose prior runs are not all cached is left out (``--rescore`` of points sampled on one network only)."""
+    out: dict = {"crps_enkf": {}}
+    for o in args.observing:  # one runner per network: the twin scores only the dates complete on all of its networks
+        flags = ["--methods", "prior", "oi", "enkf", "--no-forecast", "--prior-hash", h, "--observing", o]
+        runner = twin.Runner(twin.parse_args([*common, *flags]))
+        if runner.missing():
+            continue
+        rows, _ = runner.collect()
+        sel = [r for r in rows if r["observing"] == o and r["task"] == "reanalysis" and r["window_h"] == 24]
+        for m in ("prior", "oi", "enkf"):
+            dates = sorted({r["date"] for r in sel if r["method"] == m})
+            if dates != sorted(args.dates):
+                raise SystemExit(f"training_curve: {m} {o} is scored on {dates}, not on {sorted(args.dates)}")
+
+        def values(m: str, v: str, key: str) -> list[float]:
+            return [r[key] for r in sel if r["method"] == m and r["var"] == v]  # noqa: B023
+
+        # unrounded: the page rounds once; aggregated as the page's headline does (RMSE of the mean MSE, mean CRPS)
+        out[o] = {
+            v: float(np.sqrt(np.mean(values("prior", v, "mse")) / np.mean(values("oi", v, "mse")))) for v in HEADLINE
+        }
+        out["crps_enkf"][o] = {
+            v: float(np.mean(values("prior", v, "crps")) / np.mean(values("enkf", v, "crps"))) for v in HEADLINE
+        }
+    return out
+
+
 def run_point(checkpoint: Path, args: argparse.Namespace, common: list[str]) -> dict:
     checkpoint = checkpoint.resolve()
     step = int(json.loads((checkpoint / "state.json").read_text())["step"])
@@ -120,36 +150,25 @@ def run_point(checkpoint: Path, args: argparse.Namespace, common: list[str]) -> 
     runner = twin.Runner(ns)
     if rc != 0 or runner.missing():
         raise SystemExit(f"training_curve: {checkpoint}: not cached after the run: {runner.missing()}")
-    rows, _ = runner.collect()
     path = run / "metrics.jsonl"
     metrics = [json.loads(s) for s in path.read_text().splitlines() if s.strip()] if path.exists() else []
-    out: dict = {
+    return {
         "checkpoint": f"{args.label or run.name}, step {step}",
         "step": step,
         "train_s": train_seconds(metrics, step),
         "val_loss": next((m["val_loss"] for m in metrics if m.get("step") == step and "val_loss" in m), None),
         "prior_sha256": h,
+        **score(h, args, common),
     }
-    for o in args.observing:
-        sel = [r for r in rows if r["observing"] == o and r["task"] == "reanalysis" and r["window_h"] == 24]
-        for m in ("prior", "oi"):
-            dates = sorted({r["date"] for r in sel if r["method"] == m})
-            if dates != sorted(args.dates):
-                raise SystemExit(f"training_curve: {m} {o} is scored on {dates}, not on {sorted(args.dates)}")
-        ratios = {}
-        for v in HEADLINE:
-            rmse = {
-                m: float(np.sqrt(np.mean([r["mse"] for r in sel if r["method"] == m and r["var"] == v])))
-                for m in ("prior", "oi")
-            }
-            ratios[v] = rmse["prior"] / rmse["oi"]  # unrounded: the page rounds once
-        out[o] = ratios
-    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, nargs="+", required=True, help="denoiser checkpoint directories")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", type=Path, nargs="+", help="denoiser checkpoint directories")
+    src.add_argument(
+        "--rescore", action="store_true", help="score the points of docs/training_curve.json again from the cache"
+    )
     p.add_argument("--cache", type=Path, required=True, help="the twin cache (OI must be cached there)")
     p.add_argument("--truth", required=True)
     p.add_argument("--train", required=True)
@@ -166,25 +185,31 @@ def main() -> None:
               "--oi-rank", "128", "--oi-samples", "1024", "--observing", *args.observing, "--cache", str(args.cache),
               "--truth", args.truth, "--train", args.train,
               "--docs", str(args.cache / "training-curve-docs")]  # fmt: skip
-    points = [run_point(c, args, common) for c in args.checkpoint]
-    head = "| checkpoint | denoiser training (min) | val loss | " + " | ".join(
-        f"{o} {v}" for o in args.observing for v in HEADLINE
-    )
-    print(head + " |")
-    print("|---" * (3 + len(args.observing) * len(HEADLINE)) + "|")
-    for pt in points:
-        t = "-" if pt["train_s"] is None else f"{pt['train_s'] / 60:.0f}"
-        vl = "-" if pt["val_loss"] is None else f"{pt['val_loss']:.4f}"
-        vals = " | ".join(f"{pt[o][v]:.2f}" for o in args.observing for v in HEADLINE)
-        print(f"| {pt['checkpoint']} | {t} | {vl} | {vals} |")
+    path = ROOT / "docs" / "training_curve.json"
+    old = json.loads(path.read_text()) if path.exists() else {"dates": args.dates, "points": []}
+    if old["dates"] != args.dates:
+        raise SystemExit(f"training_curve: {path} holds the dates {old['dates']}; remove it to change them")
+    if args.rescore:
+        points = [{**pt, **score(pt["prior_sha256"][:10], args, common)} for pt in old["points"]]
+    else:
+        points = [run_point(c, args, common) for c in args.checkpoint]
+    for name, key in (("RMSE prior / OI", None), ("CRPS prior / EnKF", "crps_enkf")):
+        print(
+            f"\n{name}\n| checkpoint | denoiser training (min) | val loss | observing | " + " | ".join(HEADLINE) + " |"
+        )
+        for pt in points:
+            t = "-" if pt["train_s"] is None else f"{pt['train_s'] / 60:.0f}"
+            vl = "-" if pt["val_loss"] is None else f"{pt['val_loss']:.4f}"
+            table = pt if key is None else pt[key]
+            for o in (o for o in args.observing if o in table):
+                vals = " | ".join(f"{table[o][v]:.2f}" for v in HEADLINE)
+                print(f"| {pt['checkpoint']} | {t} | {vl} | {o} | {vals} |")
     if args.write:  # merged into the points already there (same dates): one invocation per observing system
-        path = ROOT / "docs" / "training_curve.json"
-        old = json.loads(path.read_text()) if path.exists() else {"dates": args.dates, "points": []}
-        if old["dates"] != args.dates:
-            raise SystemExit(f"training_curve: {path} holds the dates {old['dates']}; remove it to change them")
         merged = {pt["checkpoint"]: pt for pt in old["points"]}
         for pt in points:
-            merged[pt["checkpoint"]] = {**merged.get(pt["checkpoint"], {}), **pt}
+            before = merged.get(pt["checkpoint"], {})
+            crps = {**before.get("crps_enkf", {}), **pt["crps_enkf"]}
+            merged[pt["checkpoint"]] = {**before, **pt, "crps_enkf": crps}
         ordered = sorted(merged.values(), key=lambda pt: (pt["train_s"] is None, pt["train_s"] or 0, pt["checkpoint"]))
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps({"dates": args.dates, "points": ordered}, indent=1))
