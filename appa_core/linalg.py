@@ -61,6 +61,12 @@ def _threshold(bnorm: Tensor, tol: float | None, atol: float) -> Tensor:
     return torch.clamp(tol * bnorm, min=atol)
 
 
+def _norm(v: Tensor) -> Tensor:
+    """Euclidean norm over the last axis (``torch.linalg.vector_norm``: ``Tensor.norm``'s Python wrapper costs
+    more than the reduction on the solvers' small vectors)."""
+    return torch.linalg.vector_norm(v, dim=-1)
+
+
 def _relative(rnorm: Tensor, bnorm: Tensor) -> Tensor:
     return torch.where(bnorm > 0, rnorm / bnorm.clamp_min(_EPS), torch.zeros_like(rnorm))
 
@@ -74,7 +80,7 @@ def _initial(
     product and is never worse than zero or ``x0`` alone (a warm start whose size is off, e.g. because the system's
     scale changed, is rescaled for free). Third: the coefficient of ``x0`` in ``x`` (empty without ``x0``)."""
     if x0 is None:
-        return torch.zeros_like(b), b.clone(), []
+        return torch.zeros_like(b), b, []  # the solvers never write into b or r0
     x = x0.to(torch.float64)
     w = A(x).to(torch.float64)
     alpha = torch.ones_like(b[..., 0])
@@ -163,9 +169,9 @@ def gmres(
     maxiter = min(m, 200) if maxiter is None else int(maxiter)
     batch = b.shape[:-1]
     x, r0, coefs = _initial(A, b, x0, scale_x0, energy=False)
-    bnorm = b.norm(dim=-1)
+    bnorm = _norm(b)
     thresh = _threshold(bnorm, tol, atol)
-    beta = r0.norm(dim=-1)
+    beta = bnorm if x0 is None else _norm(r0)  # r0 is b from zero
     V = [r0 / beta.clamp_min(_EPS)[..., None]]
     g = [beta]
     cs: list[Tensor] = []
@@ -183,7 +189,7 @@ def gmres(
             hij = (w * V[i]).sum(-1)
             w = w - hij[..., None] * V[i]
             h.append(hij)
-        hnext = w.norm(dim=-1)
+        hnext = _norm(w)
         V.append(w / hnext.clamp_min(_EPS)[..., None])
         h.append(hnext)  # h[0..j+1]
         H_cols.append(torch.stack(h, dim=-1))
@@ -191,24 +197,27 @@ def gmres(
             a = cs[i] * h[i] + sn[i] * h[i + 1]
             h[i + 1] = -sn[i] * h[i] + cs[i] * h[i + 1]
             h[i] = a
-        denom = torch.sqrt(h[j] ** 2 + h[j + 1] ** 2)
+        denom = torch.hypot(h[j], h[j + 1])
         safe = denom > _EPS
-        c = torch.where(safe, h[j] / denom.clamp_min(_EPS), torch.ones_like(denom))
-        s = torch.where(safe, h[j + 1] / denom.clamp_min(_EPS), torch.zeros_like(denom))
-        h[j] = torch.where(safe, denom, torch.ones_like(denom))
+        c, s = h[j] / denom.clamp_min(_EPS), h[j + 1] / denom.clamp_min(_EPS)
+        h[j] = denom
+        if not bool(safe.all()):  # a breakdown (the column is zero): identity rotation, unit pivot
+            c = torch.where(safe, c, torch.ones_like(denom))
+            s = torch.where(safe, s, torch.zeros_like(denom))
+            h[j] = torch.where(safe, denom, torch.ones_like(denom))
         h = h[: j + 1]
         gj = g[j]
         g_next = -s * gj
         g[j] = c * gj
-        # frozen systems: column e_j, rotation identity, coefficient 0, residual carried
         col = torch.stack(h, dim=-1)  # [..., j+1]
-        ej = torch.zeros_like(col)
-        ej[..., j] = 1.0
-        col = torch.where(active[..., None], col, ej)
-        c = torch.where(active, c, torch.ones_like(c))
-        s = torch.where(active, s, torch.zeros_like(s))
-        g_next = torch.where(active, g_next, gj)
-        g[j] = torch.where(active, g[j], torch.zeros_like(gj))
+        if not bool(active.all()):  # frozen systems: column e_j, rotation identity, coefficient 0, residual carried
+            ej = torch.zeros_like(col)
+            ej[..., j] = 1.0
+            col = torch.where(active[..., None], col, ej)
+            c = torch.where(active, c, torch.ones_like(c))
+            s = torch.where(active, s, torch.zeros_like(s))
+            g_next = torch.where(active, g_next, gj)
+            g[j] = torch.where(active, g[j], torch.zeros_like(gj))
         cs.append(c)
         sn.append(s)
         R_cols.append(col)
@@ -230,7 +239,7 @@ def gmres(
         x = x + (Vk1[..., :k] @ y[..., None])[..., 0]
         r = r0 - (Vk1 @ (Hbar @ y[..., None]))[..., 0]
         coefs.extend(y.unbind(-1))  # A was called with V[0..k-1]
-    rel = _relative(r.norm(dim=-1), bnorm)
+    rel = _relative(_norm(r), bnorm)
     converged = True if tol is None else bool((res <= thresh).all())
     return x.to(out_dtype), SolveInfo(converged, it, rel, r, tol, _stack(coefs, b))
 

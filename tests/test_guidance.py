@@ -290,6 +290,23 @@ def test_gmres_spends_one_product_per_iteration() -> None:
         torch.testing.assert_close(info.residual, true.norm(dim=-1) / b.norm(dim=-1), rtol=1e-10, atol=1e-12)
 
 
+def test_gmres_breakdown_and_frozen_systems() -> None:
+    """A right-hand side in an invariant subspace exhausts its Krylov space (Arnoldi breakdown: a zero column, whose
+    Givens rotation is the identity) before ``maxiter``; systems of a batch that converge early are frozen while the
+    others iterate. Both give the exact solution, finite, with and without a tolerance."""
+    from appa_core.linalg import gmres
+
+    gen = torch.Generator().manual_seed(3)
+    q, _ = torch.linalg.qr(torch.randn(6, 6, generator=gen, dtype=torch.float64))
+    a = q @ torch.diag(torch.tensor([1.0, 1.0, 2.0, 3.0, 4.0, 5.0], dtype=torch.float64)) @ q.T
+    b = torch.stack([q[:, 0], q[:, 0] + q[:, 2], torch.randn(6, generator=gen, dtype=torch.float64)])  # 1, 2, 6 dims
+    exact = torch.linalg.solve(a, b.T).T
+    for tol in (None, 1e-12):
+        x, info = gmres(lambda v: (a @ v[..., None])[..., 0], b, tol=tol, maxiter=6)
+        assert bool(torch.isfinite(x).all()) and info.iterations == (6 if tol is None else 5)  # a double eigenvalue
+        torch.testing.assert_close(x, exact, rtol=1e-10, atol=1e-12)
+
+
 def test_dps_divergence_is_reported() -> None:
     """Issue: DPS with a huge step size diverged unreported (finite but meaningless states)."""
     prior = _priors()[0]
