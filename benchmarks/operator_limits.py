@@ -80,7 +80,15 @@ def _ratio(old: list[float], new: list[float]) -> str:
     return f"{statistics.median(old) / statistics.median(new):.1f}x ({min(pairs):.1f}-{max(pairs):.1f})"
 
 
-def bandwidth(repeat: int) -> dict[str, float]:
+def bandwidth(repeat: int, threads: int = 1) -> dict[str, float]:
+    torch.set_num_threads(threads)
+    try:
+        return _bandwidth(repeat)
+    finally:
+        torch.set_num_threads(1)
+
+
+def _bandwidth(repeat: int) -> dict[str, float]:
     x = torch.rand(2**27)  # 512 MiB float32
     y = torch.empty_like(x)
     ts = _interleaved({"read": lambda: x.sum(), "copy": lambda: y.copy_(x)}, repeat)
@@ -143,7 +151,9 @@ def station_operator(m: int):  # type: ignore[no-untyped-def]
     return op, spec
 
 
-def stations(m: int, repeat: int, bw: dict[str, float]) -> dict:
+def stations(m: int, repeat: int, bws: dict[int, dict[str, float]]) -> dict:
+    """The new operator on each thread count of ``bws`` (and the old one on 1 thread, interleaved with the new one
+    on 1 thread), with the limits at the bandwidth measured on the same thread count."""
     op, spec = station_operator(m)
     x = 270.0 + 10.0 * torch.randn(1, T, spec.n_channels, NLAT, NLON, generator=torch.Generator().manual_seed(0))
     coo = op.matrix().tocsc().tocoo()
@@ -154,14 +164,20 @@ def stations(m: int, repeat: int, bw: dict[str, float]) -> dict:
     ts = _interleaved(
         {f"{k}_{w}": fns[k] for k in ("fwd", "adj", "both") for w, fns in (("new", new_fns), ("old", old_fns))}, repeat
     )
+    for n in (n for n in bws if n > 1):
+        torch.set_num_threads(n)
+        ts.update({f"{k}_new{n}": v for k, v in _interleaved(new_fns, repeat).items()})
+        torch.set_num_threads(1)
     A32 = op._csr._csr(np.dtype(np.float32))  # the arrays the float32 products read
     weight_bytes = 2 * (A32.data.nbytes + A32.indices.nbytes + A32.indptr.nbytes)
     state_bytes = 2 * x.numel() * 4
-    limit_w = weight_bytes / (bw["read_gbs"] * 1e9)
-    limit_t = limit_w + state_bytes / (bw["copy_gbs"] * 1e9)
-    both = statistics.median(ts["both_new"])
-    return {"m": m, "nnz": op.matrix().nnz, "ts": ts, "weight_mb": weight_bytes / 1e6, "limit_w": limit_w,
-            "limit_t": limit_t, "ratio_w": both / limit_w, "ratio_t": both / limit_t}  # fmt: skip
+    limits = {}
+    for n, bw in bws.items():
+        limit_w = weight_bytes / (bw["read_gbs"] * 1e9)
+        limit_t = limit_w + state_bytes / (bw["copy_gbs"] * 1e9)
+        both = statistics.median(ts["both_new" if n == 1 else f"both_new{n}"])
+        limits[n] = {"limit_w": limit_w, "limit_t": limit_t, "ratio_w": both / limit_w, "ratio_t": both / limit_t}
+    return {"m": m, "nnz": op.matrix().nnz, "ts": ts, "weight_mb": weight_bytes / 1e6, "limits": limits}
 
 
 def _old_stencil_module() -> object | None:
@@ -239,8 +255,10 @@ def main() -> None:
     repeat = args.repeat or (3 if args.quick else 7)
     m, hours = (100_000, 6) if args.quick else (1_000_000, 24)
     load0, t0 = os.getloadavg(), time.time()
-    bw = bandwidth(repeat)
-    st = stations(m, repeat, bw)
+    cores = len(os.sched_getaffinity(0))
+    bws = {n: bandwidth(repeat, n) for n in sorted({1, cores})}
+    st = stations(m, repeat, bws)
+    lim = st["limits"]
     sw = swath(hours, repeat)
     elapsed, load1 = time.time() - t0, os.getloadavg()
 
@@ -249,30 +267,50 @@ def main() -> None:
     lines = [
         "## Operators near their limits",
         "",
-        f"`{cmd}` ({time.strftime('%Y-%m-%d')}), one run of {elapsed:.0f} s, 1 torch thread; machine: {machine()}; "
+        f"`{cmd}` ({time.strftime('%Y-%m-%d')}), one run of {elapsed:.0f} s, 1 torch thread (and {cores} for the "
+        f"stations' rows that say so); machine: {machine()}; "
         f"load average {load0[0]:.1f} at the start, {load1[0]:.1f} at the end (the 2 cores are shared with other "
         "jobs). Times in ms: median of "
         f"{repeat} interleaved repeats (min-max); ratios old/new: ratio of the medians (min-max of the per-repeat "
         "ratios).",
         "",
-        f"Memory bandwidth, one thread: read {bw['read_gbs']:.1f} GB/s ({bw['read_spread'][0]:.1f}-"
-        f"{bw['read_spread'][1]:.1f}; `x.sum()` over 512 MiB float32), copy {bw['copy_gbs']:.1f} GB/s "
-        f"({bw['copy_spread'][0]:.1f}-{bw['copy_spread'][1]:.1f}; `y.copy_(x)`, bytes read + written).",
+        *(
+            f"Memory bandwidth, {n} thread{'s' if n > 1 else ''}: read {b['read_gbs']:.1f} GB/s "
+            f"({b['read_spread'][0]:.1f}-{b['read_spread'][1]:.1f}; `x.sum()` over 512 MiB float32), copy "
+            f"{b['copy_gbs']:.1f} GB/s ({b['copy_spread'][0]:.1f}-{b['copy_spread'][1]:.1f}; `y.copy_(x)`, bytes "
+            "read + written)."
+            for n, b in bws.items()
+        ),
         "",
         f"`StationOp`, {st['m']:,} observations, {st['nnz']:,} weights, float32 state:",
         "",
         "| | forward | adjoint | forward + adjoint |",
         "|---|---|---|---|",
-        f"| CSR autograd function (new) | {_fmt(s['fwd_new'])} | {_fmt(s['adj_new'])} | {_fmt(s['both_new'])} |",
-        f"| gather + index_add (old) | {_fmt(s['fwd_old'])} | {_fmt(s['adj_old'])} | {_fmt(s['both_old'])} |",
-        f"| old / new | {_ratio(s['fwd_old'], s['fwd_new'])} | {_ratio(s['adj_old'], s['adj_new'])} "
+        f"| CSR autograd function (new), 1 thread | {_fmt(s['fwd_new'])} | {_fmt(s['adj_new'])} "
+        f"| {_fmt(s['both_new'])} |",
+        *(
+            f"| CSR autograd function (new), {n} threads | {_fmt(s[f'fwd_new{n}'])} | {_fmt(s[f'adj_new{n}'])} "
+            f"| {_fmt(s[f'both_new{n}'])} |"
+            for n in bws
+            if n > 1
+        ),
+        f"| gather + index_add (old), 1 thread | {_fmt(s['fwd_old'])} | {_fmt(s['adj_old'])} | {_fmt(s['both_old'])} |",
+        f"| old / new, 1 thread | {_ratio(s['fwd_old'], s['fwd_new'])} | {_ratio(s['adj_old'], s['adj_new'])} "
         f"| {_ratio(s['both_old'], s['both_new'])} |",
         "",
-        f"Limits for forward + adjoint: reading the weights twice ({st['weight_mb']:.0f} MB of float32 values, int32 "
-        f"columns and row pointers) at the read bandwidth takes {st['limit_w'] * 1e3:.1f} ms, so forward + adjoint is "
-        f"**{st['ratio_w']:.1f}x the weights limit**; adding the state traffic every forward + adjoint has (read the "
-        f"state once, write its dense gradient once) gives {st['limit_t'] * 1e3:.1f} ms, "
-        f"**{st['ratio_t']:.1f}x**.",
+        f"Limits for forward + adjoint, at the bandwidth of the same number of threads: the *weights limit* reads "
+        f"the weights twice ({st['weight_mb']:.0f} MB of float32 values, int32 columns and row pointers) at the read "
+        "bandwidth; the *traffic limit* adds the state traffic every forward + adjoint has (read the state once, "
+        "write its dense gradient once) at the copy bandwidth.",
+        "",
+        "| threads | weights limit | forward + adjoint / weights limit | traffic limit | forward + adjoint / "
+        "traffic limit |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {n} | {v['limit_w'] * 1e3:.1f} | **{v['ratio_w']:.1f}x** | {v['limit_t'] * 1e3:.1f} "
+            f"| **{v['ratio_t']:.1f}x** |"
+            for n, v in lim.items()
+        ),
         "",
         f"`SwathOp.from_orbit(Swath(), ...)`, {'a day' if hours == 24 else f'{hours} h'}: {sw['n']:,} footprints, "
         f"{sw['nnz']:,} footprint weights, `temperature@850`:",
@@ -290,8 +328,10 @@ def main() -> None:
             f"| {_ratio(w['adj_old'], w['adj_new'])} | {_ratio(w['both_old'], w['both_new'])} |",
         ]
     prep, both = statistics.median(w["prepare_new"]), statistics.median(w["both_new"])
+    best = min(lim.values(), key=lambda v: v["ratio_w"])
+    best_t = min(v["ratio_t"] for v in lim.values())
     ok = {
-        "stations": st["ratio_w"] <= 3.0,
+        "stations": best["ratio_w"] <= 3.0,
         "swath": both < 0.3,
         "prepare": prep < 2.0,
     }
@@ -299,8 +339,9 @@ def main() -> None:
     lines += [
         "",
         "Targets (issue 14, item 3): "
-        f"10^6 stations forward + adjoint within 3x of the weights limit: {st['ratio_w']:.1f}x, "
-        f"**{verdict[ok['stations']]}** ({st['ratio_t']:.1f}x of the weights + state traffic limit); "
+        f"10^6 stations forward + adjoint within 3x of the weights limit: {best['ratio_w']:.1f}x at best, "
+        f"**{verdict[ok['stations']]}** ({best_t:.1f}x of the traffic limit at best, "
+        f"{verdict[best_t <= 3.0]}); "
         f"{'a day' if hours == 24 else f'{hours} h'} of swath forward + adjoint under 0.3 s: {both:.3f} s, "
         f"**{verdict[ok['swath']]}**; its prepare under 2 s: {prep:.2f} s, **{verdict[ok['prepare']]}**.",
     ]
@@ -320,7 +361,13 @@ def main() -> None:
             "transposed matrix's touched columns, writing the gradient once instead of zeroing then scattering, "
             "took 30.4 ms against scipy's 13.0 ms (`benchmarks/stations_kernels.py`, medians of 9). Neither closes "
             "the gap: on one thread the dependent loads of the gathers and the scatter's read-modify-write bound the "
-            "time, not the weights stream.",
+            "time, not the weights stream. On more threads the forward splits its rows (each thread writes its own "
+            "rows, then its share of the permutation back to the observations' order); the adjoint stays on one "
+            "thread, because threads that scatter into disjoint ranges of the state must each copy their range into "
+            "the gradient, and on 2 threads that copy (with its page faults) cost what the second thread saved "
+            "(9.9 ms against 10.2 ms for the scatter alone, measured once on 2026-11-30). The permutations between "
+            "the observations' order and the stored, column-sorted order cost about 1 ms each way (`np.take`; 2.5 ms "
+            "by fancy indexing before).",
         ]
     section = "\n".join(lines) + "\n"
     print(section)

@@ -56,6 +56,49 @@ def test_batched_rows_equal_row_by_row_and_are_contiguous(reorder: bool, monkeyp
             assert torch.equal(b, r)
 
 
+@pytest.mark.parametrize("threads", [2, 3, 16])
+def test_threaded_forward_equals_one_thread(threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The forward product of a large matrix runs on torch.get_num_threads() threads, by blocks of rows with about
+    equal numbers of entries: the same sums as one thread, bit for bit, put back in the original row order; more
+    threads than non-empty rows leave no empty block, and the adjoint (one thread) is unchanged."""
+    import appa_core.obs.sparse as sparse
+
+    rng = np.random.default_rng(4)
+    A = sp.random(9, 200, density=0.3, format="csr", random_state=rng)
+    A = sp.vstack([A[:4], sp.csr_array((2, 200)), A[4:], sp.csr_array(rng.normal(size=(1, 200)))]).tocsr()
+    gen = torch.Generator().manual_seed(2)
+    old = torch.get_num_threads()
+    try:
+        for reorder in (False, True):
+            for dtype in (torch.float32, torch.float64):
+                x = torch.randn(3, 200, generator=gen, dtype=dtype)
+                g = torch.randn(3, A.shape[0], generator=gen, dtype=dtype)
+                torch.set_num_threads(1)
+                one = (CSRMatrix(A, reorder=reorder).matvec(x), CSRMatrix(A, reorder=reorder).rmatvec(g))
+                torch.set_num_threads(threads)
+                monkeypatch.setattr(sparse, "PARALLEL_NNZ", 1)
+                mat = CSRMatrix(A, reorder=reorder)
+                many = (mat.matvec(x), mat.rmatvec(g))
+                blocks = mat._blocks(np.dtype(sparse._NUMPY_DTYPES[dtype]))
+                monkeypatch.undo()
+                assert blocks is not None and 2 <= len(blocks.blocks) <= threads
+                assert all(b.nnz > 0 for _, _, b in blocks.blocks)
+                for a, b in zip(one, many, strict=True):
+                    assert a.is_contiguous() and b.is_contiguous() and torch.equal(a, b)
+                assert torch.allclose(many[0], x @ torch.as_tensor(A.toarray(), dtype=dtype).T, rtol=1e-5)
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_small_matrices_stay_on_one_thread() -> None:
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert CSRMatrix(_matrix())._blocks(np.dtype(np.float64)) is None  # below PARALLEL_NNZ
+    finally:
+        torch.set_num_threads(old)
+
+
 def test_gradients_against_finite_differences_and_double_backward() -> None:
     mat = CSRMatrix(_matrix(), reorder=True)
     x = torch.randn(2, 11, dtype=torch.float64, requires_grad=True)

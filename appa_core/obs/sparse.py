@@ -15,7 +15,12 @@ the output -- no transposed copy, no ``O(N)`` row pointer), one row of ``x`` at 
 (float32 and float64; other dtypes are computed in float32). Elsewhere (CUDA) they are torch sparse CSR
 products, with the transpose built once per device. With ``reorder=True`` the rows are stored sorted by their
 first column, so that consecutive rows read nearby state values (10^6 random stations: 3-5x faster than random
-order), and the output is put back in the original order.
+order), and the output is put back in the original order. The forward product of a matrix with at least
+:data:`PARALLEL_NNZ` entries runs on ``torch.get_num_threads()`` threads (scipy's kernels release the GIL), each on
+a block of rows with about ``nnz / threads`` entries: the same sums as one thread, bit for bit. The adjoint stays on
+one thread: split by blocks of state columns (so that no two threads scatter into one value), it must copy each
+block's output into the gradient, and that copy costs what the second thread saves (10^6 stations: 9.9 ms on 2
+threads against 10.2 ms on one, measured once).
 
 Shapes: ``A`` ``[M, N]`` with ``N`` the flattened state length (e.g. ``T*C*H*W``), ``x`` ``[..., N]`` in the
 state's units, ``y`` ``[..., M]``.
@@ -24,7 +29,11 @@ state's units, ``y`` ``[..., M]``.
 from __future__ import annotations
 
 import inspect
+import itertools
+import threading
 import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import numpy as np
@@ -32,7 +41,11 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-__all__ = ["CSRMatrix", "LinearMap", "csr_matmul", "linear_apply"]
+__all__ = ["PARALLEL_NNZ", "CSRMatrix", "LinearMap", "csr_matmul", "linear_apply"]
+
+#: the forward product of a matrix with at least this many stored entries uses ``torch.get_num_threads()`` threads
+#: on CPU (below it a product takes under a millisecond and handing work to threads would not pay)
+PARALLEL_NNZ = 1 << 20
 
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 _TorchCSR = tuple[Tensor, Tensor, Tensor | None, Tensor | None]
@@ -75,6 +88,7 @@ class CSRMatrix:
         self._scipy: dict[np.dtype[Any], sp.csr_array] = {np.dtype(np.float64): A}
         self._torch: dict[tuple[torch.dtype, str], _TorchCSR] = {}
         self._transposed: dict[np.dtype[Any], sp.csc_array] = {}
+        self._split: dict[tuple[np.dtype[Any], int], _RowBlocks] = {}
 
     @property
     def nnz(self) -> int:
@@ -91,6 +105,15 @@ class CSRMatrix:
         if dtype not in self._transposed:
             self._transposed[dtype] = self._csr(dtype).T
         return self._transposed[dtype]
+
+    def _blocks(self, dtype: np.dtype[Any]) -> _RowBlocks | None:
+        """The rows split for ``torch.get_num_threads()`` threads, or ``None`` (one thread, or a small matrix)."""
+        n = torch.get_num_threads()
+        if n < 2 or self.nnz < PARALLEL_NNZ:
+            return None
+        if (dtype, n) not in self._split:
+            self._split[(dtype, n)] = _RowBlocks(self._csr(dtype), n)
+        return self._split[(dtype, n)]
 
     def _torch_csr(
         self, dtype: torch.dtype, device: torch.device
@@ -133,9 +156,13 @@ class CSRMatrix:
             y = y if inverse is None else y[:, inverse]
             return y.reshape(*lead, self.shape[0])
         work = x.dtype if x.dtype in _NUMPY_DTYPES else torch.float32
-        A = self._csr(np.dtype(_NUMPY_DTYPES[work]))
+        dtype = np.dtype(_NUMPY_DTYPES[work])
         xs = rows.detach().to(work).contiguous().numpy()
-        out = _rows_product(A, xs, self._inverse)
+        blocks = self._blocks(dtype)
+        if blocks is None:
+            out = _rows_product(self._csr(dtype), xs, self._inverse)
+        else:
+            out = np.stack([blocks.matvec(v, self._inverse) for v in xs])
         return torch.from_numpy(out).reshape(*lead, self.shape[0]).to(x.dtype)
 
     def rmatvec(self, g: Tensor) -> Tensor:
@@ -150,11 +177,11 @@ class CSRMatrix:
             gs = rows if order is None else rows[:, order]
             return (adj @ gs.T).T.reshape(*lead, self.shape[1])
         work = g.dtype if g.dtype in _NUMPY_DTYPES else torch.float32
-        At = self._csc_transpose(np.dtype(_NUMPY_DTYPES[work]))  # csc_matvec scatters row by row
+        dtype = np.dtype(_NUMPY_DTYPES[work])
         gs = rows.detach().to(work).contiguous().numpy()
         if self.order is not None:
-            gs = gs[:, self.order]
-        out = _rows_product(At, gs)
+            gs = np.take(gs, self.order, axis=1)  # np.take: about half the time of fancy indexing here
+        out = _rows_product(self._csc_transpose(dtype), gs)  # csc_matvec scatters row by row
         return torch.from_numpy(out).reshape(*lead, self.shape[1]).to(g.dtype)
 
 
@@ -168,11 +195,67 @@ def _rows_product(A: sp.csr_array | sp.csc_array, xs: np.ndarray, rows: np.ndarr
     optional permutation of the output's entries)."""
     if xs.shape[0] > 1 and max(xs.size, xs.shape[0] * A.shape[0]) <= _BATCH_ONE_CALL:
         out = A @ xs.T  # [M, B]
-        return np.ascontiguousarray((out if rows is None else out[rows]).T)
+        return np.ascontiguousarray((out if rows is None else np.take(out, rows, axis=0)).T)
     ys = [A @ xs[r] for r in range(xs.shape[0])]
     if rows is not None:
-        ys = [y[rows] for y in ys]
+        ys = [np.take(y, rows) for y in ys]
     return ys[0][None] if len(ys) == 1 else np.stack(ys)
+
+
+class _RowBlocks:
+    """A CSR matrix ``[M, N]`` split into ``n`` blocks of rows with about ``nnz / n`` entries each (views of its
+    arrays), for :math:`A x` on ``n`` threads: each thread writes its own rows of ``y``, then its share of the
+    permutation back to the original row order."""
+
+    def __init__(self, A: sp.csr_array, n: int) -> None:
+        self.shape: tuple[int, int] = (int(A.shape[0]), int(A.shape[1]))
+        self.dtype = A.dtype
+        rows = [0, *np.searchsorted(A.indptr, np.linspace(0, A.nnz, n + 1)[1:-1]).tolist(), A.shape[0]]
+        self.blocks = [
+            (r0, r1, sp.csr_array((A.data[A.indptr[r0] : A.indptr[r1]], A.indices[A.indptr[r0] : A.indptr[r1]],
+                                   A.indptr[r0 : r1 + 1] - A.indptr[r0]), shape=(r1 - r0, A.shape[1])))
+            for r0, r1 in itertools.pairwise(rows) if r1 > r0
+        ]  # fmt: skip
+
+    def matvec(self, x: np.ndarray, inverse: np.ndarray | None) -> np.ndarray:
+        """``(A x)[inverse]`` for one vector ``x`` ``[N]`` -> ``[M]``."""
+        y = np.empty(self.shape[0], dtype=np.result_type(self.dtype, x.dtype))
+        n = len(self.blocks)
+
+        def part(i: int) -> None:
+            r0, r1, block = self.blocks[i]
+            y[r0:r1] = block @ x
+
+        _run(part, n)
+        if inverse is None:
+            return y
+        out = np.empty_like(y)
+        bounds = np.linspace(0, y.size, n + 1).astype(np.int64)
+
+        def permute(i: int) -> None:  # mode="clip": no buffering of out (the indices are in range)
+            np.take(y, inverse[bounds[i] : bounds[i + 1]], out=out[bounds[i] : bounds[i + 1]], mode="clip")
+
+        _run(permute, n)
+        return out
+
+
+_pool: tuple[ThreadPoolExecutor, int] | None = None  # the shared worker threads and their number
+_pool_lock = threading.Lock()
+
+
+def _run(fn: Callable[[int], None], n: int) -> None:
+    """``fn(0), ..., fn(n - 1)``: ``fn(0)`` in the calling thread, the others in a shared pool of worker threads."""
+    global _pool
+    futures = []
+    if n > 1:
+        with _pool_lock:
+            if _pool is None or _pool[1] < n - 1:
+                _pool = (ThreadPoolExecutor(max_workers=n - 1, thread_name_prefix="appa-csr"), n - 1)
+            pool = _pool[0]
+        futures = [pool.submit(fn, i) for i in range(1, n)]
+    fn(0)
+    for f in futures:
+        f.result()
 
 
 class LinearMap(Protocol):
