@@ -256,13 +256,13 @@ class MMPS:
 
         jvp_obs = _tangent_map(observe, z_hat)
 
-        w = torch.ones_like(r)
+        w = None  # IRLS weights (Gaussian models: all ones, left out)
         if self.irls and not noise.gaussian:
             # robust models standardise the residual by the full innovation variance R + diag(A V_t A^T), not by R
             # alone: at large sigma the prior's spread would otherwise make every observation look like an outlier
             bvar = _predicted_variance(lambda u: jvp_obs(cov_obs(u)).to(f64), r, mask, self.probes)
             w = noise.irls_weights(r * (var0 / (var0 + bvar)).sqrt())
-        var = var0 / w
+        var = var0 if w is None else var0 / w
         if unit_rows is not None:
             s2r = (torch.as_tensor(sigma, dtype=f64, device=r.device) ** 2)[..., None]
             var = var + unit_rows.to(r.device) * (s2r / (1 + s2r))
@@ -311,7 +311,9 @@ class MMPS:
         _check_finite(out.reshape(-1, 1), {"guided state": slice(0, 1)}, "the guided denoiser output", where)
         bn = b.norm(dim=-1, keepdim=True)
         per_op = {}
-        if info.residual_vector is not None:  # None: fixed-iteration GMRES, nothing to report per operator
+        if info.residual_vector is not None and len(names) == 1 and next(iter(names.values())) == slice(0, b.shape[-1]):
+            per_op[next(iter(names))] = float(info.residual.max())  # one operator: the solve's relative residual
+        elif info.residual_vector is not None:  # None: fixed-iteration GMRES, nothing to report per operator
             for n, s in names.items():
                 rn = info.residual_vector[..., s].norm(dim=-1)
                 bs = b[..., s].norm(dim=-1)
@@ -334,6 +336,10 @@ def _from_products(products: list[Tensor], coefficients: Tensor | None) -> tuple
         return None
     n_batch = coefficients.dim() - 1
     event = tuple(range(n_batch, products[0].dim()))
+    if len(products) == 1:  # c v: nothing to cancel
+        c = coefficients[..., 0]
+        step = c.reshape(*c.shape, *([1] * len(event))) * products[0].to(torch.float64)
+        return step, torch.ones(c.shape, dtype=torch.bool, device=c.device)
     step = torch.zeros(products[0].shape, dtype=torch.float64, device=products[0].device)
     gross = torch.zeros(coefficients.shape[:-1], dtype=torch.float64, device=coefficients.device)
     for i, v in enumerate(products):

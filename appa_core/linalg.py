@@ -199,7 +199,8 @@ def gmres(
             h[i] = a
         denom = torch.hypot(h[j], h[j + 1])
         safe = denom > _EPS
-        c, s = h[j] / denom.clamp_min(_EPS), h[j + 1] / denom.clamp_min(_EPS)
+        safe_denom = denom.clamp_min(_EPS)
+        c, s = h[j] / safe_denom, h[j + 1] / safe_denom
         h[j] = denom
         if not bool(safe.all()):  # a breakdown (the column is zero): identity rotation, unit pivot
             c = torch.where(safe, c, torch.ones_like(denom))
