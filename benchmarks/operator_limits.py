@@ -164,7 +164,7 @@ def stations(m: int, repeat: int, bws: dict[int, dict[str, float]]) -> dict:
     ts = _interleaved(
         {f"{k}_{w}": fns[k] for k in ("fwd", "adj", "both") for w, fns in (("new", new_fns), ("old", old_fns))}, repeat
     )
-    for n in (n for n in bws if n > 1):
+    for n in bws:  # the new operator alone (the old one's allocations slow the interleaved rounds down)
         torch.set_num_threads(n)
         ts.update({f"{k}_new{n}": v for k, v in _interleaved(new_fns, repeat).items()})
         torch.set_num_threads(1)
@@ -175,7 +175,7 @@ def stations(m: int, repeat: int, bws: dict[int, dict[str, float]]) -> dict:
     for n, bw in bws.items():
         limit_w = weight_bytes / (bw["read_gbs"] * 1e9)
         limit_t = limit_w + state_bytes / (bw["copy_gbs"] * 1e9)
-        both = statistics.median(ts["both_new" if n == 1 else f"both_new{n}"])
+        both = statistics.median(ts[f"both_new{n}"])
         limits[n] = {"limit_w": limit_w, "limit_t": limit_t, "ratio_w": both / limit_w, "ratio_t": both / limit_t}
     return {"m": m, "nnz": op.matrix().nnz, "ts": ts, "weight_mb": weight_bytes / 1e6, "limits": limits}
 
@@ -286,17 +286,20 @@ def main() -> None:
         "",
         "| | forward | adjoint | forward + adjoint |",
         "|---|---|---|---|",
-        f"| CSR autograd function (new), 1 thread | {_fmt(s['fwd_new'])} | {_fmt(s['adj_new'])} "
-        f"| {_fmt(s['both_new'])} |",
         *(
-            f"| CSR autograd function (new), {n} threads | {_fmt(s[f'fwd_new{n}'])} | {_fmt(s[f'adj_new{n}'])} "
-            f"| {_fmt(s[f'both_new{n}'])} |"
+            f"| CSR autograd function (new), {n} thread{'s' if n > 1 else ''} | {_fmt(s[f'fwd_new{n}'])} "
+            f"| {_fmt(s[f'adj_new{n}'])} | {_fmt(s[f'both_new{n}'])} |"
             for n in bws
-            if n > 1
         ),
-        f"| gather + index_add (old), 1 thread | {_fmt(s['fwd_old'])} | {_fmt(s['adj_old'])} | {_fmt(s['both_old'])} |",
+        f"| new, 1 thread, interleaved with old | {_fmt(s['fwd_new'])} | {_fmt(s['adj_new'])} "
+        f"| {_fmt(s['both_new'])} |",
+        f"| gather + index_add (old), 1 thread, interleaved with new | {_fmt(s['fwd_old'])} | {_fmt(s['adj_old'])} "
+        f"| {_fmt(s['both_old'])} |",
         f"| old / new, 1 thread | {_ratio(s['fwd_old'], s['fwd_new'])} | {_ratio(s['adj_old'], s['adj_new'])} "
         f"| {_ratio(s['both_old'], s['both_new'])} |",
+        "",
+        "The new operator's first rows time it alone; the interleaved rows alternate new and old within each round "
+        "(the old one's torch allocations leave the new one slower there) and give the ratio.",
         "",
         f"Limits for forward + adjoint, at the bandwidth of the same number of threads: the *weights limit* reads "
         f"the weights twice ({st['weight_mb']:.0f} MB of float32 values, int32 columns and row pointers) at the read "
