@@ -290,6 +290,22 @@ def test_gmres_spends_one_product_per_iteration() -> None:
         torch.testing.assert_close(info.residual, true.norm(dim=-1) / b.norm(dim=-1), rtol=1e-10, atol=1e-12)
 
 
+def test_finite_check_names_the_operator_and_survives_an_overflowing_sum() -> None:
+    """The guidance's finiteness check sums first (one reduction): a sum that overflows float32 while every value is
+    finite passes (it falls back to the element-wise check), NaN and inf anywhere fail with the operator's name."""
+    from appa_core.guidance import _check_finite
+
+    names = {"a": slice(0, 2), "b": slice(2, 4)}
+    big = torch.full((2, 4), 3e38, dtype=torch.float32)
+    assert not torch.isfinite(big.sum())
+    _check_finite(big, names, "the residual", "here")  # no error
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        v = torch.zeros(2, 4)
+        v[1, 3] = bad
+        with pytest.raises(GuidanceError, match=r"here: the residual is non-finite for operator\(s\) \['b'\]"):
+            _check_finite(v, names, "the residual", "here")
+
+
 def test_gmres_breakdown_and_frozen_systems() -> None:
     """A right-hand side in an invariant subspace exhausts its Krylov space (Arnoldi breakdown: a zero column, whose
     Givens rotation is the identity) before ``maxiter``; systems of a batch that converge early are frozen while the

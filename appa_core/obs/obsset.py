@@ -87,12 +87,16 @@ class ObsSet:
 
     def __call__(self, x: Tensor) -> Tensor:
         """Predicted observations ``[B, M]`` for states ``[B, T, C, H, W]``."""
+        if len(self.operators) == 1:  # no concatenation (a copy) for one operator
+            return self.operators[0](x)
         return torch.cat([op(x) for op in self.operators], dim=-1)
 
     def linearize(self, x: Tensor) -> Callable[[Tensor], Tensor]:
         """The tangent-linear map at states ``x`` ``[B, T, C, H, W]``: ``dx -> [B, M]``, every operator's
         :meth:`~appa_core.obs.ObsOperator.linearize` stacked."""
         maps = [op.linearize(x) for op in self.operators]
+        if len(maps) == 1:
+            return maps[0]
         return lambda dx: torch.cat([m(dx) for m in maps], dim=-1)
 
     def matrix(self) -> sp.csr_array:
