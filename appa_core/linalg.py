@@ -142,6 +142,7 @@ def cg(
         active = active & (rr.sqrt() > thresh)
     rel = _relative(rr.sqrt(), bnorm)
     converged = True if tol is None else bool((rr.sqrt() <= thresh).all())
+    r = r.clone() if r is b else r  # no iteration from zero: r0 is b, which may be the caller's tensor
     return x.to(out_dtype), SolveInfo(converged, it, rel, r, tol, _stack(coefs, b))
 
 
@@ -202,9 +203,12 @@ def gmres(
         safe_denom = denom.clamp_min(_EPS)
         c, s = h[j] / safe_denom, h[j + 1] / safe_denom
         h[j] = denom
-        if not bool(safe.all()):  # a breakdown (the column is zero): identity rotation, unit pivot
-            c = torch.where(safe, c, torch.ones_like(denom))
-            s = torch.where(safe, s, torch.zeros_like(denom))
+        if not bool(safe.all()):
+            # a breakdown (the rotated column is zero: the Krylov space is exhausted, or A is singular on it): the
+            # swap rotation with a unit pivot gives y_j = 0 and carries the residual |g_j| (an identity rotation
+            # would zero it and report a convergence that a singular system did not reach)
+            c = torch.where(safe, c, torch.zeros_like(denom))
+            s = torch.where(safe, s, torch.ones_like(denom))
             h[j] = torch.where(safe, denom, torch.ones_like(denom))
         h = h[: j + 1]
         gj = g[j]
@@ -242,6 +246,7 @@ def gmres(
         coefs.extend(y.unbind(-1))  # A was called with V[0..k-1]
     rel = _relative(_norm(r), bnorm)
     converged = True if tol is None else bool((res <= thresh).all())
+    r = r.clone() if r is b else r  # no iteration from zero: r0 is b, which may be the caller's tensor
     return x.to(out_dtype), SolveInfo(converged, it, rel, r, tol, _stack(coefs, b))
 
 

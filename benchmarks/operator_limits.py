@@ -7,7 +7,9 @@ Run::
     python benchmarks/operator_limits.py --write    # and updates its section of docs/benchmarks.md
     python benchmarks/operator_limits.py --quick    # 10^5 stations, 6 h of swath, 3 repeats (smoke run)
 
-Everything runs with ``torch.set_num_threads(1)`` (the machine is shared), float32 states ``[1, 5, 3, 721, 1440]``
+Everything runs with ``torch.set_num_threads(1)`` (the machine is shared) but the stations' rows for all the
+machine's cores (``os.sched_getaffinity``; the new operator alone, and the bandwidth with as many threads), float32
+states ``[1, 5, 3, 721, 1440]``
 (0.25 deg grid with poles, 15.6 M values), batch 1. Every timing is the median of ``--repeat`` runs after a warm-up,
 with its spread (min-max); the old and new implementations alternate within each repeat (interleaved), so the
 ratios compare the same machine state.

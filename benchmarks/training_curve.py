@@ -2,7 +2,7 @@
 checkpoints of training runs, against OI on the same dates (issue #8, item 5: "show the curve that says how far").
 
 Run (after a denoiser run that kept its checkpoints, ``keep_every`` in ``[train.denoiser]``, and after ``twin.py``
-has cached OI for these dates)::
+has cached OI -- and the EnKF, for the CRPS ratios -- for these dates)::
 
     python benchmarks/training_curve.py --checkpoint RUN/checkpoints/step_00003000 RUN/checkpoints/step_00006000 ... \\
         --cache CACHE --truth NATURERUN_HELDOUT.zarr --train NATURERUN_TRAIN.zarr [--observing sparse] [--write]
@@ -13,7 +13,9 @@ is the bundled demo prior (``appa_core/assets/demo_prior``: autoencoder, normali
 checkpoint's denoiser weights, stored in the shipped dtype. It goes into the twin cache's prior snapshots
 (``CACHE/priors/<sha256[:10]>``), ``twin.py --methods prior --no-forecast --prior-hash H`` samples its 24-h
 reanalyses with the page's sampler settings (cached, ``--jobs 2``), and the ensemble-mean RMSE per headline
-variable is divided by OI's on the same dates and observations. The shipped prior's own checkpoint gives back the
+variable is divided by OI's on the same dates and observations, and its CRPS by the EnKF's (where the EnKF is
+cached; issue #8's CRPS bar against the EnKF). ``--rescore`` scores the points already in
+``docs/training_curve.json`` again from the cache, without checkpoints. The shipped prior's own checkpoint gives back the
 shipped prior (same files; its metadata's order aside), so its point is the table's. ``--write`` merges the points into
 ``docs/training_curve.json`` (which ``twin.py`` shows on ``docs/results.md``); the table is printed.
 
@@ -111,18 +113,23 @@ def train_seconds(metrics: list[dict], step: int) -> float | None:
 
 
 def score(h: str, args: argparse.Namespace, common: list[str]) -> dict:
-    """The cached 24-h reanalyses of the prior ``h`` against OI's (RMSE ratios, ``out[observing]``) and against the
-    EnKF's (CRPS ratios, ``out["crps_enkf"][observing]``), per headline variable, on ``args.dates``. An observing
-    system whose prior runs are not all cached is left out (``--rescore`` of points sampled on one network only)."""
+    """The cached 24-h reanalyses of the prior ``h`` against OI's (RMSE ratios, ``out[observing]``) and, where the
+    EnKF's runs are cached too, against the EnKF's (CRPS ratios, ``out["crps_enkf"][observing]``), per headline
+    variable, on ``args.dates``. A network whose prior or OI runs are not all cached is left out (``--rescore`` of
+    points sampled on one network only)."""
     out: dict = {"crps_enkf": {}}
     for o in args.observing:  # one runner per network: the twin scores only the dates complete on all of its networks
-        flags = ["--methods", "prior", "oi", "enkf", "--no-forecast", "--prior-hash", h, "--observing", o]
-        runner = twin.Runner(twin.parse_args([*common, *flags]))
-        if runner.missing():
-            continue
+        flags = ["--no-forecast", "--prior-hash", h, "--observing", o]
+        runner = twin.Runner(twin.parse_args([*common, "--methods", "prior", "oi", "enkf", *flags]))
+        with_enkf = not runner.missing()
+        if not with_enkf:
+            runner = twin.Runner(twin.parse_args([*common, "--methods", "prior", "oi", *flags]))
+            if runner.missing():
+                continue
         rows, _ = runner.collect()
         sel = [r for r in rows if r["observing"] == o and r["task"] == "reanalysis" and r["window_h"] == 24]
-        for m in ("prior", "oi", "enkf"):
+        methods = ("prior", "oi", "enkf") if with_enkf else ("prior", "oi")
+        for m in methods:
             dates = sorted({r["date"] for r in sel if r["method"] == m})
             if dates != sorted(args.dates):
                 raise SystemExit(f"training_curve: {m} {o} is scored on {dates}, not on {sorted(args.dates)}")
@@ -134,9 +141,12 @@ def score(h: str, args: argparse.Namespace, common: list[str]) -> dict:
         out[o] = {
             v: float(np.sqrt(np.mean(values("prior", v, "mse")) / np.mean(values("oi", v, "mse")))) for v in HEADLINE
         }
-        out["crps_enkf"][o] = {
-            v: float(np.mean(values("prior", v, "crps")) / np.mean(values("enkf", v, "crps"))) for v in HEADLINE
-        }
+        if with_enkf:
+            out["crps_enkf"][o] = {
+                v: float(np.mean(values("prior", v, "crps")) / np.mean(values("enkf", v, "crps"))) for v in HEADLINE
+            }
+        else:
+            print(f"training_curve: no cached EnKF runs for {o}: RMSE / OI only", file=sys.stderr)
     return out
 
 
@@ -169,7 +179,12 @@ def main() -> None:
     src.add_argument(
         "--rescore", action="store_true", help="score the points of docs/training_curve.json again from the cache"
     )
-    p.add_argument("--cache", type=Path, required=True, help="the twin cache (OI must be cached there)")
+    p.add_argument(
+        "--cache",
+        type=Path,
+        required=True,
+        help="the twin cache (OI must be cached there; the EnKF too for the CRPS ratios)",
+    )
     p.add_argument("--truth", required=True)
     p.add_argument("--train", required=True)
     p.add_argument("--observing", nargs="+", default=["sparse"], choices=["sparse", "dense"])
@@ -197,6 +212,7 @@ def main() -> None:
         print(
             f"\n{name}\n| checkpoint | denoiser training (min) | val loss | observing | " + " | ".join(HEADLINE) + " |"
         )
+        print("|---" * (4 + len(HEADLINE)) + "|")
         for pt in points:
             t = "-" if pt["train_s"] is None else f"{pt['train_s'] / 60:.0f}"
             vl = "-" if pt["val_loss"] is None else f"{pt['val_loss']:.4f}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -60,7 +62,7 @@ def test_batched_rows_equal_row_by_row_and_are_contiguous(reorder: bool, monkeyp
 def test_threaded_forward_equals_one_thread(threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """The forward product of a large matrix runs on torch.get_num_threads() threads, by blocks of rows with about
     equal numbers of entries: the same sums as one thread, bit for bit, put back in the original row order; more
-    threads than non-empty rows leave no empty block, and the adjoint (one thread) is unchanged."""
+    threads than rows leave no block without rows, and the adjoint (one thread) is unchanged."""
     import appa_core.obs.sparse as sparse
 
     rng = np.random.default_rng(4)
@@ -88,6 +90,32 @@ def test_threaded_forward_equals_one_thread(threads: int, monkeypatch: pytest.Mo
                 assert torch.allclose(many[0], x @ torch.as_tensor(A.toarray(), dtype=dtype).T, rtol=1e-5)
     finally:
         torch.set_num_threads(old)
+
+
+def _threaded_product_in_child(a: sp.csr_array, x: np.ndarray) -> np.ndarray:
+    torch.set_num_threads(2)
+    return CSRMatrix(a, reorder=True).matvec(torch.as_tensor(x)).numpy()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_threaded_forward_works_in_a_forked_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process forked after the parent used the worker threads gets its own (the parent's do not exist in the
+    child: before, a threaded product there waited forever)."""
+    import multiprocessing
+
+    import appa_core.obs.sparse as sparse
+
+    monkeypatch.setattr(sparse, "PARALLEL_NNZ", 1)
+    a = sp.csr_array(sp.random(40, 300, density=0.2, format="csr", random_state=np.random.default_rng(5)))
+    x = np.random.default_rng(6).normal(size=(2, 300))
+    old = torch.get_num_threads()
+    try:
+        expected = _threaded_product_in_child(a, x)  # the parent starts its worker threads
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            got = pool.apply_async(_threaded_product_in_child, (a, x)).get(timeout=60)
+    finally:
+        torch.set_num_threads(old)
+    assert np.array_equal(got, expected)
 
 
 def test_small_matrices_stay_on_one_thread() -> None:

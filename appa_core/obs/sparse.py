@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import os
 import threading
 import warnings
 from collections.abc import Callable
@@ -243,8 +244,20 @@ _pool: tuple[ThreadPoolExecutor, int] | None = None  # the shared worker threads
 _pool_lock = threading.Lock()
 
 
+def _forget_pool() -> None:
+    """In a forked child: the parent's worker threads do not exist there (a submitted job would wait forever), and
+    the lock may have been held by another thread at the fork."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _run(fn: Callable[[int], None], n: int) -> None:
-    """``fn(0), ..., fn(n - 1)``: ``fn(0)`` in the calling thread, the others in a shared pool of worker threads."""
+    """``fn(0), ..., fn(n - 1)``: ``fn(0)`` in the calling thread, the others in a shared pool of worker threads
+    (all are waited for, also when one raises; the first error is raised)."""
     global _pool
     futures = []
     if n > 1:
@@ -253,7 +266,11 @@ def _run(fn: Callable[[int], None], n: int) -> None:
                 _pool = (ThreadPoolExecutor(max_workers=n - 1, thread_name_prefix="appa-csr"), n - 1)
             pool = _pool[0]
         futures = [pool.submit(fn, i) for i in range(1, n)]
-    fn(0)
+    try:
+        fn(0)
+    finally:
+        for f in futures:
+            f.exception()  # waits
     for f in futures:
         f.result()
 
