@@ -15,9 +15,9 @@ checkpoint's denoiser weights, stored in the shipped dtype. It goes into the twi
 reanalyses with the page's sampler settings (cached, ``--jobs 2``), and the ensemble-mean RMSE per headline
 variable is divided by OI's on the same dates and observations, and its CRPS by the EnKF's (where the EnKF is
 cached; issue #8's CRPS bar against the EnKF). ``--rescore`` scores the points already in
-``docs/training_curve.json`` again from the cache, without checkpoints. The shipped prior's own checkpoint gives back the
-shipped prior (same files; its metadata's order aside), so its point is the table's. ``--write`` merges the points into
-``docs/training_curve.json`` (which ``twin.py`` shows on ``docs/results.md``); the table is printed.
+``docs/training_curve.json`` again from the cache, without checkpoints. The shipped prior's own checkpoint gives
+back the shipped prior (same files; its metadata's order aside), so its point is the table's. ``--write`` merges the
+points into ``docs/training_curve.json`` (which ``twin.py`` shows on ``docs/results.md``); the table is printed.
 
 Training time is the wall time of the denoiser loop up to that step (``time_s`` in ``metrics.jsonl``, summed over
 the segments of a resumed run; the autoencoder's 33 min and the encoding come on top).

@@ -127,6 +127,13 @@ def adams_bashforth_coefficients(nodes: Sequence[float], a: float, b: float) -> 
     return h * (w @ factors.prod(axis=-1))
 
 
+@functools.lru_cache(maxsize=1024)
+def _ab_coefficients(nodes: tuple[float, ...], a: float, b: float) -> tuple[float, ...]:
+    """:func:`adams_bashforth_coefficients` as floats, kept: every run on the same sigma grid (each date, each
+    batch of members) needs the same ones, and computing them costs more than a small guided step's solver."""
+    return tuple(float(c) for c in adams_bashforth_coefficients(nodes, a, b))
+
+
 @functools.lru_cache(maxsize=8)
 def _gauss_legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
     """``n``-point Gauss-Legendre nodes and weights on ``[0, 1]``."""
@@ -283,9 +290,9 @@ class LMSSampler(DiffusionSampler):
             x_hat = denoiser(x, _sig(st, x))
             history.insert(0, (x - x_hat) / st)
             del history[self.order :]
-            c = adams_bashforth_coefficients([sig[i - j] for j in range(len(history))], st, ss)
+            c = _ab_coefficients(tuple(sig[i - j] for j in range(len(history))), st, ss)
             for cj, eps in zip(c, history, strict=True):
-                x = x + float(cj) * eps
+                x = x + cj * eps
         return x
 
 
