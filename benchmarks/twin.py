@@ -1445,9 +1445,15 @@ def write_report(r: Runner, rows: list[dict[str, Any]], walls: dict[str, list[fl
         + "* The climatology has no seasonal cycle (one training year, grouped by hour of day only), which inflates "
         "its errors in February / March.\n"
         "* The EnKF knows the true model (a perfect-model twin: no model error) but nothing of the truth's state: "
-        "it starts from training-run states and has cycled 5 days when scoring begins. It is a filter: its "
-        "'reanalysis' rows are filter analyses (no smoother), which favours the trajectory methods on the early "
-        "states of a window.\n"
+        f"it starts from training-run states and has cycled {a.enkf_spinup_cycles * 6} h when scoring begins"
+        + (
+            ", so it has seen 5x more observations than the trajectory methods' 24-h windows (docs/training.md, "
+            "'How far from the EnKF', scores the prior against the same EnKF without that spin-up)"
+            if a.enkf_spinup_cycles == 20
+            else ""
+        )
+        + ". It is a filter: its 'reanalysis' rows are filter analyses (no smoother), which favours the trajectory "
+        "methods on the early states of a window.\n"
         "* Persistence persists the *true* state at t0 + 24 h, so it beats the prior and OI forecasts at short "
         "leads (their analyses are far less accurate than the truth).\n"
     )
