@@ -312,16 +312,17 @@ class MMPS:
         out = z_hat.detach() + step.to(dt)
         _check_finite(out.reshape(-1, 1), {"guided state": slice(0, 1)}, "the guided denoiser output", where)
         per_op = {}
-        if info.residual_vector is not None and len(names) == 1 and next(iter(names.values())) == slice(0, b.shape[-1]):
-            per_op[next(iter(names))] = float(info.residual.max())  # one operator: the solve's relative residual
-        elif info.residual_vector is not None:  # None: fixed-iteration GMRES, nothing to report per operator
-            bn = b.norm(dim=-1, keepdim=True)
-            for n, s in names.items():
-                rn = info.residual_vector[..., s].norm(dim=-1)
-                bs = b[..., s].norm(dim=-1)
-                per_op[n] = float(
-                    torch.where(bs > 0, rn / bs.clamp_min(1e-300), rn / bn[..., 0].clamp_min(1e-300)).max()
-                )
+        if info.residual_vector is not None:  # None: fixed-iteration GMRES, nothing to report per operator
+            if len(names) == 1 and next(iter(names.values())) == slice(0, b.shape[-1]):
+                per_op[next(iter(names))] = float(info.residual.max())  # one operator: the solve's own residual
+            else:
+                bn = b.norm(dim=-1, keepdim=True)
+                for n, s in names.items():
+                    rn = info.residual_vector[..., s].norm(dim=-1)
+                    bs = b[..., s].norm(dim=-1)
+                    per_op[n] = float(
+                        torch.where(bs > 0, rn / bs.clamp_min(1e-300), rn / bn[..., 0].clamp_min(1e-300)).max()
+                    )
         report = GuidanceReport(info.converged, info.iterations, float(info.residual.max()), per_op, where)
         return out, report
 

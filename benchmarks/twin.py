@@ -1447,9 +1447,10 @@ def write_report(r: Runner, rows: list[dict[str, Any]], walls: dict[str, list[fl
         "* The EnKF knows the true model (a perfect-model twin: no model error) but nothing of the truth's state: "
         f"it starts from training-run states and has cycled {a.enkf_spinup_cycles * 6} h when scoring begins"
         + (
-            ", so it has seen 5x more observations than the trajectory methods' 24-h windows (docs/training.md, "
-            "'How far from the EnKF', scores the prior against the same EnKF without that spin-up)"
-            if a.enkf_spinup_cycles == 20
+            f", so by the window's end it has seen {(a.enkf_spinup_cycles + states(24)) / states(24):.0f}x the "
+            "observations of the trajectory methods' 24-h windows (docs/training.md, 'How far from the EnKF', scores "
+            "the prior against the same EnKF without a spin-up)"
+            if a.enkf_spinup_cycles > 0
             else ""
         )
         + ". It is a filter: its 'reanalysis' rows are filter analyses (no smoother), which favours the trajectory "

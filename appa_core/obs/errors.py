@@ -728,14 +728,10 @@ class BlockDiagonal(NoiseModel):
         return torch.cat([m.marginal_variance() for m in self.models])
 
     def cov_matvec(self, v: Tensor, weights: Tensor | None = None) -> Tensor:
-        if len(self.models) == 1:  # one block: no split and concatenation (a guided call runs this per iteration)
-            self._check_residual(v, "v")
-            if weights is not None:
-                self._check_residual(weights, "weights")
-            return self.models[0].cov_matvec(v, weights)
         ws = [None] * len(self.models) if weights is None else self._split(weights, "weights")
-        parts = zip(self.models, self._split(v, "v"), ws, strict=True)
-        return torch.cat([m.cov_matvec(x, w) for m, x, w in parts], dim=-1)
+        parts = [m.cov_matvec(x, w) for m, x, w in zip(self.models, self._split(v, "v"), ws, strict=True)]
+        # one block: no concatenation (a copy; a guided call runs this once per solver iteration)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
     def dense_cov(self) -> Tensor:
         return torch.block_diag(*[m.dense_cov() for m in self.models])

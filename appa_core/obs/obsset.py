@@ -87,9 +87,8 @@ class ObsSet:
 
     def __call__(self, x: Tensor) -> Tensor:
         """Predicted observations ``[B, M]`` for states ``[B, T, C, H, W]``."""
-        if len(self.operators) == 1:  # no concatenation (a copy) for one operator
-            return self.operators[0](x)
-        return torch.cat([op(x) for op in self.operators], dim=-1)
+        ys = [op(x) for op in self.operators]
+        return ys[0] if len(ys) == 1 else torch.cat(ys, dim=-1)  # one operator: no concatenation (a copy)
 
     def linearize(self, x: Tensor) -> Callable[[Tensor], Tensor]:
         """The tangent-linear map at states ``x`` ``[B, T, C, H, W]``: ``dx -> [B, M]``, every operator's
