@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import numpy as np
@@ -59,10 +60,11 @@ def test_batched_rows_equal_row_by_row_and_are_contiguous(reorder: bool, monkeyp
 
 
 @pytest.mark.parametrize("threads", [2, 3, 16])
-def test_threaded_forward_equals_one_thread(threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The forward product of a large matrix runs on torch.get_num_threads() threads, by blocks of rows with about
-    equal numbers of entries: the same sums as one thread, bit for bit, put back in the original row order; more
-    threads than rows leave no block without rows, and the adjoint (one thread) is unchanged."""
+def test_threaded_products_equal_one_thread(threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The products of a large matrix run on torch.get_num_threads() threads: the forward by blocks of rows, the
+    adjoint by blocks of state columns, each with about equal numbers of entries. Both give the same sums as one
+    thread, bit for bit, in the original row order; more threads than rows or columns leave no block empty, and the
+    column blocks cover every entry once, in disjoint ranges of columns."""
     import appa_core.obs.sparse as sparse
 
     rng = np.random.default_rng(4)
@@ -81,15 +83,57 @@ def test_threaded_forward_equals_one_thread(threads: int, monkeypatch: pytest.Mo
                 monkeypatch.setattr(sparse, "PARALLEL_NNZ", 1)
                 mat = CSRMatrix(A, reorder=reorder)
                 many = (mat.matvec(x), mat.rmatvec(g))
-                blocks = mat._blocks(np.dtype(sparse._NUMPY_DTYPES[dtype]))
+                np_dtype = np.dtype(sparse._NUMPY_DTYPES[dtype])
+                rows, columns = mat._blocks(np_dtype), mat._column_blocks(np_dtype)
                 monkeypatch.undo()
-                assert blocks is not None and 2 <= len(blocks.blocks) <= threads
-                assert all(b.nnz > 0 for _, _, b in blocks.blocks)
+                assert rows is not None and 2 <= len(rows.blocks) <= threads
+                assert all(b.nnz > 0 for _, _, b in rows.blocks)
+                assert columns is not None and 2 <= len(columns.blocks) <= threads
+                ranges = [(c0, c1) for c0, c1, _, _ in columns.blocks]
+                assert ranges[0][0] == 0 and ranges[-1][1] == 200
+                assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
+                assert sum(b.nnz for _, _, b, _ in columns.blocks) == A.nnz
+                for c0, c1, b, _ in columns.blocks:
+                    assert b.nnz > 0 and c0 <= b.indices.min() and b.indices.max() < c1
                 for a, b in zip(one, many, strict=True):
                     assert a.is_contiguous() and b.is_contiguous() and torch.equal(a, b)
-                assert torch.allclose(many[0], x @ torch.as_tensor(A.toarray(), dtype=dtype).T, rtol=1e-5)
+                dense = torch.as_tensor(A.toarray(), dtype=dtype)
+                assert torch.allclose(many[0], x @ dense.T, rtol=1e-5)
+                assert torch.allclose(many[1], g @ dense, rtol=1e-5)
     finally:
         torch.set_num_threads(old)
+
+
+def test_in_place_kernels_are_checked_and_optional(monkeypatch: pytest.MonkeyPatch) -> None:
+    """scipy's private in-place kernels pass their check with the installed scipy; without them (a scipy that moved
+    them) the products fall back to the public API and give the same values, bit for bit."""
+    import appa_core.obs.sparse as sparse
+
+    assert sparse._inplace_kernels() is not None
+    try:
+        sparse._inplace_kernels.cache_clear()
+        with monkeypatch.context() as patch:
+            patch.setattr(sparse, "_sparsetools", None)
+            assert sparse._inplace_kernels() is None
+    finally:
+        sparse._inplace_kernels.cache_clear()
+    monkeypatch.setattr(sparse, "PARALLEL_NNZ", 1)
+    A = sp.random(30, 500, density=0.1, format="csr", random_state=np.random.default_rng(7))
+    x, g = torch.randn(2, 500, dtype=torch.float64), torch.randn(2, 30, dtype=torch.float64)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        fast = CSRMatrix(A, reorder=True)
+        with_kernels = (fast.matvec(x), fast.rmatvec(g))
+        assert fast._column_blocks(np.dtype(np.float64)) is not None
+        monkeypatch.setattr(sparse, "_inplace_kernels", lambda: None)
+        slow = CSRMatrix(A, reorder=True)
+        without = (slow.matvec(x), slow.rmatvec(g))
+        assert slow._column_blocks(np.dtype(np.float64)) is None
+    finally:
+        torch.set_num_threads(old)
+    for a, b in zip(with_kernels, without, strict=True):
+        assert torch.equal(a, b)
 
 
 def _threaded_product_in_child(a: sp.csr_array, x: np.ndarray) -> np.ndarray:

@@ -15,12 +15,20 @@ the output -- no transposed copy, no ``O(N)`` row pointer), one row of ``x`` at 
 (float32 and float64; other dtypes are computed in float32). Elsewhere (CUDA) they are torch sparse CSR
 products, with the transpose built once per device. With ``reorder=True`` the rows are stored sorted by their
 first column, so that consecutive rows read nearby state values (10^6 random stations: 3-5x faster than random
-order), and the output is put back in the original order. The forward product of a matrix with at least
-:data:`PARALLEL_NNZ` entries runs on ``torch.get_num_threads()`` threads (scipy's kernels release the GIL), each on
-a block of rows with about ``nnz / threads`` entries: the same sums as one thread, bit for bit. The adjoint stays on
-one thread: split by blocks of state columns (so that no two threads scatter into one value), it must copy each
-block's output into the gradient, and that copy costs what the second thread saves (10^6 stations: 9.9 ms on 2
-threads against 10.2 ms on one, measured once).
+order), and the output is put back in the original order.
+
+The products of a matrix with at least :data:`PARALLEL_NNZ` entries run on ``torch.get_num_threads()`` threads
+(scipy's kernels release the GIL), with the same sums as one thread, bit for bit:
+
+* the forward on blocks of rows with about ``nnz / threads`` entries each, each thread writing its rows of ``y``;
+* the adjoint on blocks of state *columns* with about ``nnz / threads`` entries each (a copy of the entries, built
+  on the first adjoint and kept: ``nnz`` values and indices more in memory), each thread zeroing, then scattering
+  into, its own range of the gradient: no two threads write one value and nothing is copied afterwards.
+
+Writing into a given output needs scipy's compiled kernels ``csr_matvec`` / ``csc_matvec`` (``Y += A X``) from
+``scipy.sparse._sparsetools``, a private module: they are checked once against the public products on a small
+matrix (:func:`_inplace_kernels`), and without them the products fall back to the public API (which allocates each
+result; the adjoint then runs on one thread).
 
 Shapes: ``A`` ``[M, N]`` with ``N`` the flattened state length (e.g. ``T*C*H*W``), ``x`` ``[..., N]`` in the
 state's units, ``y`` ``[..., M]``.
@@ -28,6 +36,7 @@ state's units, ``y`` ``[..., M]``.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
 import os
@@ -49,6 +58,32 @@ __all__ = ["PARALLEL_NNZ", "CSRMatrix", "LinearMap", "csr_matmul", "linear_apply
 PARALLEL_NNZ = 1 << 20
 
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+
+try:  # private: scipy's kernels that accumulate into an output array (signature unchanged since scipy 0.7)
+    from scipy.sparse import _sparsetools
+except ImportError:  # pragma: no cover - depends on scipy's internals
+    _sparsetools = None
+
+
+@functools.cache
+def _inplace_kernels() -> tuple[Callable[..., None], Callable[..., None]] | None:
+    """scipy's ``csr_matvec(n_row, n_col, Ap, Aj, Ax, Xx, Yx)`` and ``csc_matvec(...)`` (``Yx += A Xx``), or
+    ``None`` when they are missing or give other values than the public products on a small matrix."""
+    try:
+        A = sp.csr_array(np.array([[1.0, 0.0, 2.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 3.0, 0.5, -1.0]]))
+        for dtype in (np.float32, np.float64):
+            B = sp.csr_array((A.data.astype(dtype), A.indices, A.indptr), shape=A.shape)
+            x, g = np.arange(1, 5, dtype=dtype), np.arange(1, 4, dtype=dtype)
+            y, gx = np.full(3, 1, dtype=dtype), np.full(4, 1, dtype=dtype)
+            _sparsetools.csr_matvec(3, 4, B.indptr, B.indices, B.data, x, y)
+            _sparsetools.csc_matvec(4, 3, B.indptr, B.indices, B.data, g, gx)  # A.T as CSC: the same arrays
+            if not (np.array_equal(y, B @ x + 1) and np.array_equal(gx, B.T @ g + 1)):
+                return None
+    except Exception:  # a missing module or a changed signature: the public products
+        return None
+    return _sparsetools.csr_matvec, _sparsetools.csc_matvec
+
+
 _TorchCSR = tuple[Tensor, Tensor, Tensor | None, Tensor | None]
 
 
@@ -90,6 +125,7 @@ class CSRMatrix:
         self._torch: dict[tuple[torch.dtype, str], _TorchCSR] = {}
         self._transposed: dict[np.dtype[Any], sp.csc_array] = {}
         self._split: dict[tuple[np.dtype[Any], int], _RowBlocks] = {}
+        self._column_split: dict[tuple[np.dtype[Any], int], _ColumnBlocks] = {}
 
     @property
     def nnz(self) -> int:
@@ -115,6 +151,16 @@ class CSRMatrix:
         if (dtype, n) not in self._split:
             self._split[(dtype, n)] = _RowBlocks(self._csr(dtype), n)
         return self._split[(dtype, n)]
+
+    def _column_blocks(self, dtype: np.dtype[Any]) -> _ColumnBlocks | None:
+        """The entries split by state columns for ``torch.get_num_threads()`` threads (one block on one thread), or
+        ``None`` (a small matrix, or no in-place kernels: the public one-thread product)."""
+        if self.nnz < PARALLEL_NNZ or _inplace_kernels() is None:
+            return None
+        n = torch.get_num_threads()
+        if (dtype, n) not in self._column_split:
+            self._column_split[(dtype, n)] = _ColumnBlocks(self._csr(dtype), n, self.order)
+        return self._column_split[(dtype, n)]
 
     def _torch_csr(
         self, dtype: torch.dtype, device: torch.device
@@ -180,9 +226,12 @@ class CSRMatrix:
         work = g.dtype if g.dtype in _NUMPY_DTYPES else torch.float32
         dtype = np.dtype(_NUMPY_DTYPES[work])
         gs = rows.detach().to(work).contiguous().numpy()
+        blocks = self._column_blocks(dtype)
+        if blocks is not None:
+            return torch.from_numpy(blocks.rmatvec(gs)).reshape(*lead, self.shape[1]).to(g.dtype)
         if self.order is not None:
             gs = np.take(gs, self.order, axis=1)  # np.take: about half the time of fancy indexing here
-        out = _rows_product(self._csc_transpose(dtype), gs)  # csc_matvec scatters row by row
+        out = _rows_product(self._csc_transpose(dtype), gs)  # csc_matvec scatters, row by row of gs
         return torch.from_numpy(out).reshape(*lead, self.shape[1]).to(g.dtype)
 
 
@@ -220,12 +269,16 @@ class _RowBlocks:
 
     def matvec(self, x: np.ndarray, inverse: np.ndarray | None) -> np.ndarray:
         """``(A x)[inverse]`` for one vector ``x`` ``[N]`` -> ``[M]``."""
-        y = np.empty(self.shape[0], dtype=np.result_type(self.dtype, x.dtype))
+        kernels = _inplace_kernels() if x.dtype == self.dtype else None
+        y = np.zeros(self.shape[0], dtype=np.result_type(self.dtype, x.dtype))
         n = len(self.blocks)
 
         def part(i: int) -> None:
             r0, r1, block = self.blocks[i]
-            y[r0:r1] = block @ x
+            if kernels is None:
+                y[r0:r1] = block @ x
+            else:  # into y's rows, no temporary
+                kernels[0](r1 - r0, self.shape[1], block.indptr, block.indices, block.data, x, y[r0:r1])
 
         _run(part, n)
         if inverse is None:
@@ -237,6 +290,65 @@ class _RowBlocks:
             np.take(y, inverse[bounds[i] : bounds[i + 1]], out=out[bounds[i] : bounds[i + 1]], mode="clip")
 
         _run(permute, n)
+        return out
+
+
+class _ColumnBlocks:
+    """The entries of a CSR matrix ``A`` ``[M, N]`` split into ``n`` blocks of state columns with about ``nnz / n``
+    entries each, for :math:`A^\\top g` on ``n`` threads, each thread writing its own range of the output.
+
+    Each block is a CSR matrix ``[M_k, N]`` of the entries in its columns, over the rows that have some (in ``A``'s
+    order), with those rows' places in ``g``: a thread gathers its rows of ``g`` (the permutation back from the
+    stored order, split across the threads for free: most rows have entries in one block only), zeroes its range of
+    the output and scatters into it (scipy's ``csc_matvec`` on the transposed view, in place). Every output value
+    gets the same sum, in the same order, as from the one-thread product.
+
+    Args:
+        A: the stored matrix.
+        n: the number of blocks (threads).
+        order: the stored rows' places in ``g`` (``None``: the identity).
+    """
+
+    def __init__(self, A: sp.csr_array, n: int, order: np.ndarray | None) -> None:
+        self.shape: tuple[int, int] = (int(A.shape[0]), int(A.shape[1]))
+        self.dtype = A.dtype
+        columns = [0, self.shape[1]]
+        if n > 1:
+            per_column = np.cumsum(np.bincount(A.indices, minlength=self.shape[1]))
+            cuts = np.searchsorted(per_column, np.linspace(0, A.nnz, n + 1)[1:-1], side="right")
+            columns = [0, *np.unique(cuts[(cuts > 0) & (cuts < self.shape[1])]).tolist(), self.shape[1]]
+        row_of = np.repeat(np.arange(self.shape[0], dtype=A.indices.dtype), np.diff(A.indptr))
+        self.blocks: list[tuple[int, int, sp.csr_array, np.ndarray | None]] = []
+        for c0, c1 in itertools.pairwise(columns):
+            keep = (A.indices >= c0) & (A.indices < c1)
+            counts = np.bincount(row_of[keep], minlength=self.shape[0])
+            rows = np.flatnonzero(counts)
+            indptr = np.zeros(rows.size + 1, dtype=A.indices.dtype)
+            np.cumsum(counts[rows], out=indptr[1:])
+            block = sp.csr_array((A.data[keep], A.indices[keep], indptr), shape=(rows.size, self.shape[1]))
+            places = None if order is None and rows.size == self.shape[0] else rows if order is None else order[rows]
+            self.blocks.append((c0, c1, block, places))
+
+    def rmatvec(self, gs: np.ndarray) -> np.ndarray:
+        """:math:`A^\\top g` for every row ``g`` of ``gs`` ``[B, M]`` (``A``'s dtype, in the caller's row order) ->
+        ``[B, N]``."""
+        kernels = _inplace_kernels()
+        assert kernels is not None and gs.dtype == self.dtype
+        n, N = len(self.blocks), self.shape[1]
+        # one thread: np.zeros, whose pages the system zeroes on first touch (10^6 stations: 9.7 ms against 12.0 ms
+        # to fill with zeros, then scatter); more: each thread fills its range (the first-touch faults of several
+        # threads contend: 7.3 ms on 2 threads against 10.2 ms)
+        out = (np.zeros if n == 1 else np.empty)((gs.shape[0], N), dtype=self.dtype)
+
+        def part(i: int) -> None:
+            c0, c1, block, places = self.blocks[i]
+            for r in range(gs.shape[0]):
+                if n > 1:
+                    out[r, c0:c1] = 0.0
+                g = gs[r] if places is None else np.take(gs[r], places)
+                kernels[1](N, block.shape[0], block.indptr, block.indices, block.data, g, out[r])
+
+        _run(part, n)
         return out
 
 
