@@ -209,7 +209,8 @@ class CSRMatrix:
         if blocks is None:
             out = _rows_product(self._csr(dtype), xs, self._inverse)
         else:
-            out = np.stack([blocks.matvec(v, self._inverse) for v in xs])
+            ys = [blocks.matvec(v, self._inverse) for v in xs]
+            out = ys[0][None] if len(ys) == 1 else np.stack(ys)  # one row: no copy
         return torch.from_numpy(out).reshape(*lead, self.shape[0]).to(x.dtype)
 
     def rmatvec(self, g: Tensor) -> Tensor:
