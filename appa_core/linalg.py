@@ -181,6 +181,8 @@ def gmres(
     H_cols: list[Tensor] = []  # column j holds Hbar[0..j+1, j] (Arnoldi, before rotations)
     res = beta.clone()
     active = res > thresh
+    if maxiter == 1 and bool(active.any()):
+        return _gmres_one(A, b, x, r0, V[0], beta, bnorm, thresh, active, coefs, out_dtype, tol)
     it = 0
     while it < maxiter and bool(active.any()):
         j = it
@@ -248,6 +250,36 @@ def gmres(
     converged = True if tol is None else bool((res <= thresh).all())
     r = r.clone() if r is b else r  # no iteration from zero: r0 is b, which may be the caller's tensor
     return x.to(out_dtype), SolveInfo(converged, it, rel, r, tol, _stack(coefs, b))
+
+
+def _gmres_one(
+    A: Callable[[Tensor], Tensor],
+    b: Tensor,
+    x: Tensor,
+    r0: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    bnorm: Tensor,
+    thresh: Tensor,
+    active: Tensor,
+    coefs: list[Tensor],
+    out_dtype: torch.dtype,
+    tol: float | None,
+) -> tuple[Tensor, SolveInfo]:
+    r"""One GMRES iteration in closed form (``maxiter=1``, the setting of Appa and of azula's MMPS): with
+    :math:`v = r_0 / \beta` and :math:`w = A v`, the least residual :math:`\min_y \|r_0 - y w\|` is at
+    :math:`y = \beta \langle w, v\rangle / \|w\|^2`; the same minimiser as the Arnoldi-Givens steps of
+    :func:`gmres` (a third of their small tensor operations). :math:`w = 0` (a breakdown) gives :math:`y = 0`."""
+    w = A(v).to(torch.float64)
+    wn = _norm(w)
+    ok = active & (wn > _EPS)
+    y = torch.where(ok, beta * (w * v).sum(-1) / torch.where(ok, wn * wn, torch.ones_like(wn)), 0.0)
+    x = x + y[..., None] * v
+    r = r0 - y[..., None] * w
+    rnorm = _norm(r)
+    converged = True if tol is None else bool((rnorm <= thresh).all())
+    coefs.append(y)  # A was called with v
+    return x.to(out_dtype), SolveInfo(converged, 1, _relative(rnorm, bnorm), r, tol, _stack(coefs, b))
 
 
 def _stack(coefs: list[Tensor], b: Tensor) -> Tensor:

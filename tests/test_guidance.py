@@ -43,9 +43,10 @@ def test_krylov_solvers_batched_float64(solver) -> None:  # type: ignore[no-unty
     assert info.converged and info.iterations == 3
 
 
+@pytest.mark.parametrize("maxiter", [15, 1])
 @pytest.mark.parametrize("solver", [cg, gmres])
 @pytest.mark.parametrize("start", ["zero", "x0", "scaled x0"])
-def test_krylov_coefficients_rebuild_the_solution_from_the_product_inputs(solver, start: str) -> None:  # type: ignore[no-untyped-def]
+def test_krylov_coefficients_rebuild_the_solution_from_the_product_inputs(solver, start: str, maxiter: int) -> None:  # type: ignore[no-untyped-def]
     """``SolveInfo.coefficients``: the solution is the combination of the vectors ``A`` was called with (what MMPS
     uses to get its step without a VJP), with systems frozen at different iterations."""
     g = torch.Generator().manual_seed(3)
@@ -62,10 +63,40 @@ def test_krylov_coefficients_rebuild_the_solution_from_the_product_inputs(solver
         return (a @ v[..., None])[..., 0]
 
     x0 = None if start == "zero" else torch.ones(3, 20, dtype=F64)
-    x, info = solver(op, b, x0, tol=1e-6, maxiter=15, scale_x0=start == "scaled x0")
+    x, info = solver(op, b, x0, tol=1e-6, maxiter=maxiter, scale_x0=start == "scaled x0")
     assert info.coefficients is not None and info.coefficients.shape == (3, len(inputs))
     rebuilt = (torch.stack(inputs, -1) * info.coefficients[:, None, :]).sum(-1)
     assert float((rebuilt - x).abs().max() / x.abs().max()) < 1e-12
+
+
+def test_gmres_one_iteration_is_the_least_residual_step() -> None:
+    """GMRES with maxiter=1 (computed in closed form) gives the least-residual multiple of r0's direction,
+    min_y ||r0 - y A r0||, from zero and from a scaled x0 (numpy's least squares as the reference), reports the true
+    residual, and freezes a system that has already converged (b = 0 with a tolerance: x = 0, no product)."""
+    gen = torch.Generator().manual_seed(8)
+    a = torch.randn(12, 12, generator=gen, dtype=F64) + 4 * torch.eye(12, dtype=F64)
+    b = torch.randn(3, 12, generator=gen, dtype=F64)
+    x0 = torch.randn(3, 12, generator=gen, dtype=F64)
+    for start in (None, x0):
+        x, info = gmres(lambda v: v @ a.T, b, start, tol=None, maxiter=1, scale_x0=True)
+        for i in range(3):
+            xs = np.zeros(12) if start is None else start[i].numpy()
+            A, bi = a.numpy(), b[i].numpy()
+            if start is not None:  # the scaled start: the least-residual multiple of x0
+                w0 = A @ xs
+                xs = xs * float(w0 @ bi / (w0 @ w0))
+            r0 = bi - A @ xs
+            y = np.linalg.lstsq((A @ r0)[:, None], r0, rcond=None)[0][0]
+            np.testing.assert_allclose(x[i].numpy(), xs + y * r0, rtol=1e-10, atol=1e-12)
+        true = b - x @ a.T
+        torch.testing.assert_close(info.residual_vector, true, rtol=1e-10, atol=1e-12)
+        assert info.iterations == 1 and info.converged
+    b[1] = 0.0
+    calls: list[torch.Tensor] = []
+    x, info = gmres(lambda v: calls.append(v) or v @ a.T, b, tol=1e-3, maxiter=1)
+    assert len(calls) == 1 and float(x[1].abs().max()) == 0.0 and not info.converged  # one step cannot reach 1e-3
+    x, info = gmres(lambda v: calls.append(v) or v @ a.T, b[1:2], tol=1e-3, maxiter=1)
+    assert len(calls) == 1 and info.iterations == 0 and info.converged  # nothing to solve: no product
 
 
 def test_gmres_solves_nonsymmetric() -> None:
@@ -325,8 +356,8 @@ def test_gmres_breakdown_and_frozen_systems() -> None:
         torch.testing.assert_close(info.residual, torch.zeros(2, dtype=torch.float64), rtol=0, atol=1e-12)
     s = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
     e1 = torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64)
-    for tol in (1e-6, None):
-        x, info = gmres(lambda v: v @ s.T, e1, tol=tol, maxiter=3)
+    for tol, maxiter in ((1e-6, 3), (None, 3), (1e-6, 1), (None, 1)):
+        x, info = gmres(lambda v: v @ s.T, e1, tol=tol, maxiter=maxiter)
         true = (e1 - x @ s.T).norm(dim=-1)
         assert bool(torch.isfinite(x).all())
         torch.testing.assert_close(info.residual, true, rtol=1e-12, atol=0)  # what it reports is what it reached

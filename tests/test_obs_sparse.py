@@ -14,6 +14,16 @@ from torch.autograd import gradcheck, gradgradcheck
 from appa_core.obs.sparse import CSRMatrix, csr_matmul
 
 
+@pytest.fixture(params=["custom function", "gathers"])
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both roads of ``csr_matmul`` on CPU: the CSR autograd function (large matrices) and, for matrices with at
+    most ``SMALL_NNZ`` entries, torch gathers with autograd's own rules."""
+    import appa_core.obs.sparse as sparse
+
+    monkeypatch.setattr(sparse, "SMALL_NNZ", 0 if request.param == "custom function" else 1 << 30)
+    return str(request.param)
+
+
 def _matrix(m: int = 7, n: int = 11, seed: int = 0) -> sp.csr_array:
     rng = np.random.default_rng(seed)
     dense = rng.normal(size=(m, n)) * (rng.random((m, n)) < 0.4)
@@ -22,7 +32,7 @@ def _matrix(m: int = 7, n: int = 11, seed: int = 0) -> sp.csr_array:
 
 
 @pytest.mark.parametrize("reorder", [False, True])
-def test_matvec_rmatvec_match_dense_and_adjoint(reorder: bool) -> None:
+def test_matvec_rmatvec_match_dense_and_adjoint(reorder: bool, path: str) -> None:
     A = _matrix()
     mat = CSRMatrix(A, reorder=reorder)
     if reorder:
@@ -171,7 +181,7 @@ def test_small_matrices_stay_on_one_thread() -> None:
         torch.set_num_threads(old)
 
 
-def test_gradients_against_finite_differences_and_double_backward() -> None:
+def test_gradients_against_finite_differences_and_double_backward(path: str) -> None:
     mat = CSRMatrix(_matrix(), reorder=True)
     x = torch.randn(2, 11, dtype=torch.float64, requires_grad=True)
     assert gradcheck(lambda v: csr_matmul(v, mat), (x,))
@@ -180,7 +190,7 @@ def test_gradients_against_finite_differences_and_double_backward() -> None:
     assert gradcheck(lambda v: csr_matmul(v, mat, transpose=True), (y,))
 
 
-def test_jvp_and_vmap() -> None:
+def test_jvp_and_vmap(path: str) -> None:
     A = _matrix()
     mat = CSRMatrix(A, reorder=True)
     dense = torch.as_tensor(A.toarray())
@@ -198,7 +208,7 @@ def test_jvp_and_vmap() -> None:
     assert torch.allclose(vg, g @ dense, atol=1e-13)
 
 
-def test_float32_and_other_dtypes() -> None:
+def test_float32_and_other_dtypes(path: str) -> None:
     A = _matrix()
     mat = CSRMatrix(A)
     x64 = torch.randn(2, 11, dtype=torch.float64)
@@ -209,6 +219,29 @@ def test_float32_and_other_dtypes() -> None:
     assert y16.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="csr_matmul: x has 5 values"):
         csr_matmul(torch.zeros(1, 5), mat)
+
+
+def test_small_matrices_take_gathers_and_agree_with_the_custom_function(monkeypatch: pytest.MonkeyPatch) -> None:
+    """csr_matmul of a matrix with at most SMALL_NNZ entries, float32/float64 on CPU, is a torch gather and
+    index_add (autograd records IndexAdd, not the custom function); a larger one, another dtype or an explicit
+    backend takes the custom function. Both give the same products and gradients to rounding."""
+    import appa_core.obs.sparse as sparse
+
+    A = _matrix(9, 13, seed=3)
+    x = torch.randn(2, 13, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 9, dtype=torch.float64)
+    small = csr_matmul(x, CSRMatrix(A, reorder=True))
+    assert type(small.grad_fn).__name__.startswith("IndexAdd")
+    assert "_Linear" in type(csr_matmul(x, CSRMatrix(A, backend="scipy")).grad_fn).__name__
+    assert type(csr_matmul(x.detach().float().requires_grad_(), CSRMatrix(A)).grad_fn).__name__.startswith("IndexAdd")
+    assert "_Linear" in type(csr_matmul(x.detach().bfloat16().requires_grad_(), CSRMatrix(A)).grad_fn).__name__
+    monkeypatch.setattr(sparse, "SMALL_NNZ", A.nnz - 1)
+    large = csr_matmul(x, CSRMatrix(A, reorder=True))
+    assert "_Linear" in type(large.grad_fn).__name__
+    torch.testing.assert_close(small, large, rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(
+        torch.autograd.grad(small, x, g)[0], torch.autograd.grad(large, x, g)[0], rtol=1e-14, atol=1e-14
+    )
 
 
 def test_torch_backend_matches_scipy() -> None:
