@@ -368,7 +368,10 @@ def _one_iteration_line(parts: dict[str, float], ratio: float | None) -> str:
         f"observation products, solver, sampler, Python) ours {1e3 * o:.2f} ms, azula's {1e3 * oa:.2f} ms. Ours "
         f"runs F + B per call, azula's F + 2B, so the ratio is about (F + B + ours) / (F + 2B + azula's) = "
         f"{model:.2f}{measured}. It reaches 0.5 when the rest of ours is at most (azula's - F) / 2 = "
-        f"{1e3 * need:.2f} ms per step: " + ("it is." if o <= need else f"{o / need:.1f}x less than now.")
+        f"{1e3 * need:.2f} ms per step: "
+        + ("it is." if o <= need else f"{o / need:.1f}x less than now.")
+        + f" With nothing besides the denoiser ours would be at (F + B) / (F + 2B + azula's) = "
+        f"{(f + b) / (f + 2 * b + oa):.2f}: one product per call cannot cost less than F + B."
     )
 
 

@@ -114,6 +114,32 @@ def test_threaded_products_equal_one_thread(threads: int, monkeypatch: pytest.Mo
         torch.set_num_threads(old)
 
 
+def test_column_blocks_follow_the_thread_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The adjoint's column blocks are rebuilt when the thread count changes (only the latest are kept: they copy
+    the entries); on one thread the block is the stored matrix itself, no copy. Same adjoint on 1, 2 and 1 threads."""
+    import appa_core.obs.sparse as sparse
+
+    monkeypatch.setattr(sparse, "PARALLEL_NNZ", 1)
+    A = sp.random(20, 300, density=0.2, format="csr", random_state=np.random.default_rng(9))
+    mat = CSRMatrix(A, reorder=True)
+    g = torch.randn(2, 20, dtype=torch.float64)
+    old = torch.get_num_threads()
+    got = []
+    try:
+        for n in (1, 2, 1):
+            torch.set_num_threads(n)
+            got.append(mat.rmatvec(g))
+            blocks = mat._column_blocks(np.dtype(np.float64))
+            assert blocks is not None and blocks.threads == n and len(blocks.blocks) == n
+            assert len(mat._column_split) == 1
+            if n == 1:
+                assert blocks.blocks[0][2] is mat._csr(np.dtype(np.float64))
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(got[0], got[1]) and torch.equal(got[0], got[2])
+    torch.testing.assert_close(got[0], g @ torch.as_tensor(A.toarray()), rtol=1e-12, atol=1e-12)
+
+
 def test_in_place_kernels_are_checked_and_optional(monkeypatch: pytest.MonkeyPatch) -> None:
     """scipy's private in-place kernels pass their check with the installed scipy; without them (a scipy that moved
     them) the products fall back to the public API and give the same values, bit for bit."""

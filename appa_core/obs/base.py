@@ -446,8 +446,8 @@ class SparseLinearOperator(ObsOperator):
         return lambda dx: csr_matmul(dx.reshape(dx.shape[0], -1), csr)
 
     def forward(self, x: Tensor) -> Tensor:
-        # the CSR product of appa_core.obs.sparse: a custom autograd function (backward = transposed product)
-        # that supports jvp, vmap and double backward, which the guidance needs.
+        # the CSR product of appa_core.obs.sparse (backward = transposed product; jvp, vmap and double backward,
+        # which the guidance needs): a custom autograd function, or torch gathers for a small matrix
         self.matrix()  # raises if not prepared
         assert self._csr is not None
         out = csr_matmul(x.reshape(x.shape[0], -1), self._csr)

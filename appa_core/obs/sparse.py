@@ -57,8 +57,8 @@ from torch import Tensor
 
 __all__ = ["PARALLEL_NNZ", "SMALL_NNZ", "CSRMatrix", "LinearMap", "csr_matmul", "linear_apply"]
 
-#: the forward product of a matrix with at least this many stored entries uses ``torch.get_num_threads()`` threads
-#: on CPU (below it a product takes under a millisecond and handing work to threads would not pay)
+#: the products of a matrix with at least this many stored entries use ``torch.get_num_threads()`` threads on CPU
+#: (below it a product takes under a millisecond and handing work to threads would not pay)
 PARALLEL_NNZ = 1 << 20
 
 #: :func:`csr_matmul` of a matrix with at most this many stored entries, on CPU in float32 or float64, is a torch
@@ -135,7 +135,7 @@ class CSRMatrix:
         self._torch: dict[tuple[torch.dtype, str], _TorchCSR] = {}
         self._transposed: dict[np.dtype[Any], sp.csc_array] = {}
         self._split: dict[tuple[np.dtype[Any], int], _RowBlocks] = {}
-        self._column_split: dict[tuple[np.dtype[Any], int], _ColumnBlocks] = {}
+        self._column_split: dict[np.dtype[Any], _ColumnBlocks] = {}  # the latest thread count's (a copy of A)
         self._entries: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor, Tensor]] = {}
 
     @property
@@ -181,9 +181,9 @@ class CSRMatrix:
         if self.nnz < PARALLEL_NNZ or _inplace_kernels() is None:
             return None
         n = torch.get_num_threads()
-        if (dtype, n) not in self._column_split:
-            self._column_split[(dtype, n)] = _ColumnBlocks(self._csr(dtype), n, self.order)
-        return self._column_split[(dtype, n)]
+        if dtype not in self._column_split or self._column_split[dtype].threads != n:
+            self._column_split[dtype] = _ColumnBlocks(self._csr(dtype), n, self.order)
+        return self._column_split[dtype]
 
     def _torch_csr(
         self, dtype: torch.dtype, device: torch.device
@@ -335,14 +335,15 @@ class _ColumnBlocks:
 
     def __init__(self, A: sp.csr_array, n: int, order: np.ndarray | None) -> None:
         self.shape: tuple[int, int] = (int(A.shape[0]), int(A.shape[1]))
-        self.dtype = A.dtype
-        columns = [0, self.shape[1]]
-        if n > 1:
-            per_column = np.cumsum(np.bincount(A.indices, minlength=self.shape[1]))
-            cuts = np.searchsorted(per_column, np.linspace(0, A.nnz, n + 1)[1:-1], side="right")
-            columns = [0, *np.unique(cuts[(cuts > 0) & (cuts < self.shape[1])]).tolist(), self.shape[1]]
+        self.dtype, self.threads = A.dtype, n
+        self.blocks: list[tuple[int, int, sp.csr_array, np.ndarray | None]] = [(0, self.shape[1], A, order)]
+        if n < 2:
+            return  # A itself: no copy
+        per_column = np.cumsum(np.bincount(A.indices, minlength=self.shape[1]))
+        cuts = np.searchsorted(per_column, np.linspace(0, A.nnz, n + 1)[1:-1], side="right")
+        columns = [0, *np.unique(cuts[(cuts > 0) & (cuts < self.shape[1])]).tolist(), self.shape[1]]
         row_of = np.repeat(np.arange(self.shape[0], dtype=A.indices.dtype), np.diff(A.indptr))
-        self.blocks: list[tuple[int, int, sp.csr_array, np.ndarray | None]] = []
+        self.blocks = []
         for c0, c1 in itertools.pairwise(columns):
             keep = (A.indices >= c0) & (A.indices < c1)
             counts = np.bincount(row_of[keep], minlength=self.shape[0])
