@@ -713,7 +713,7 @@ class BlockDiagonal(NoiseModel):
 
     def _split(self, v: Tensor, field: str = "residual") -> Sequence[Tensor]:
         self._check_residual(v, field)
-        return torch.split(v, self.sizes, dim=-1)
+        return (v,) if len(self.models) == 1 else torch.split(v, self.sizes, dim=-1)  # one block: as it is
 
     def log_prob(self, residual: Tensor) -> Tensor:
         return sum(m.log_prob(r) for m, r in zip(self.models, self._split(residual), strict=True))  # type: ignore[return-value]
@@ -722,10 +722,12 @@ class BlockDiagonal(NoiseModel):
         return torch.cat([m.score(r) for m, r in zip(self.models, self._split(residual), strict=True)], dim=-1)
 
     def variance(self) -> Tensor:
-        return torch.cat([m.variance() for m in self.models])
+        parts = [m.variance() for m in self.models]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def marginal_variance(self) -> Tensor:
-        return torch.cat([m.marginal_variance() for m in self.models])
+        parts = [m.marginal_variance() for m in self.models]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def cov_matvec(self, v: Tensor, weights: Tensor | None = None) -> Tensor:
         ws = [None] * len(self.models) if weights is None else self._split(weights, "weights")

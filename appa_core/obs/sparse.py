@@ -132,6 +132,7 @@ class CSRMatrix:
                 self.order = order
                 self._inverse = np.argsort(order)
         self._scipy: dict[np.dtype[Any], sp.csr_array] = {np.dtype(np.float64): A}
+        self._nnz = int(A.nnz)
         self._torch: dict[tuple[torch.dtype, str], _TorchCSR] = {}
         self._transposed: dict[np.dtype[Any], sp.csc_array] = {}
         self._split: dict[tuple[np.dtype[Any], int], _RowBlocks] = {}
@@ -140,7 +141,7 @@ class CSRMatrix:
 
     @property
     def nnz(self) -> int:
-        return int(self._scipy[np.dtype(np.float64)].nnz)
+        return self._nnz
 
     def _csr(self, dtype: np.dtype[Any]) -> sp.csr_array:
         if dtype not in self._scipy:
