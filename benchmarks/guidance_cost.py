@@ -371,7 +371,10 @@ def _one_iteration_line(parts: dict[str, float], ratio: float | None) -> str:
         f"{1e3 * need:.2f} ms per step: "
         + ("it is." if o <= need else f"{o / need:.1f}x less than now.")
         + f" With nothing besides the denoiser ours would be at (F + B) / (F + 2B + azula's) = "
-        f"{(f + b) / (f + 2 * b + oa):.2f}: one product per call cannot cost less than F + B."
+        f"{(f + b) / (f + 2 * b + oa):.2f}: one product per call cannot cost less than F + B. With nothing "
+        f"besides the denoiser on either side the ratio would be (F + B) / (F + 2B) = {(f + b) / (f + 2 * b):.2f}, "
+        "above 0.5 for any denoiser (F > 0): at k = 1, half of azula's time is less than one product per call "
+        "costs, and only azula's own overhead brings the bar within reach."
     )
 
 
