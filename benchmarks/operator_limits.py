@@ -22,8 +22,9 @@ ratios compare the same machine state.
    is the time to read the operator's stored weights once in the forward and once in the adjoint at the measured
    read bandwidth: ``2 * (nnz * (4 B value + 4 B column) + (M + 1) * 4 B row pointer) / read bandwidth`` for the
    float32 CSR arrays actually used. The *traffic limit* adds what any forward + adjoint must also move: reading the
-   state's cache lines that hold observed values once and writing the dense state gradient once (``(f + 1) * 4 B *
-   T*C*H*W`` at the copy bandwidth, ``f`` the fraction of the state's 64-byte lines that the columns touch).
+   state's cache lines that hold observed values once (``f * 4 B * T*C*H*W`` at the read bandwidth, ``f`` the
+   fraction of the state's 64-byte lines that the columns touch) and writing the dense state gradient once
+   (``4 B * T*C*H*W`` at the copy bandwidth).
 3. **Swath**: ``SwathOp.from_orbit(Swath(), ...)``, a day of the default AMSU-A-like swath (~324 k footprints),
    ``temperature@850``. New: ``prepare`` (vectorised CSR stencil per window interval) and the CSR products. Old:
    the previous ``footprint_stencil`` (read from git, commit ``OLD_REV``) plus the previous space-time expansion for
@@ -174,11 +175,12 @@ def stations(m: int, repeat: int, bws: dict[int, dict[str, float]]) -> dict:
     A32 = op._csr._csr(np.dtype(np.float32))  # the arrays the float32 products read
     weight_bytes = 2 * (A32.data.nbytes + A32.indices.nbytes + A32.indptr.nbytes)
     lines = np.unique(A32.indices // 16).size / -(-x.numel() // 16)  # the state's 64-byte cache lines read
-    state_bytes = (lines + 1) * x.numel() * 4  # the touched lines read once, the dense gradient written once
+    state_bytes = x.numel() * 4
     limits = {}
     for n, bw in bws.items():
         limit_w = weight_bytes / (bw["read_gbs"] * 1e9)
-        limit_t = limit_w + state_bytes / (bw["copy_gbs"] * 1e9)
+        # the touched lines read once (read bandwidth), the dense gradient written once (copy bandwidth)
+        limit_t = limit_w + lines * state_bytes / (bw["read_gbs"] * 1e9) + state_bytes / (bw["copy_gbs"] * 1e9)
         both = statistics.median(ts[f"both_new{n}"])
         limits[n] = {"limit_w": limit_w, "limit_t": limit_t, "ratio_w": both / limit_w, "ratio_t": both / limit_t}
     return {
@@ -310,8 +312,9 @@ def main() -> None:
         "",
         f"Limits for forward + adjoint, at the bandwidth of the same number of threads: the *weights limit* reads "
         f"the weights twice ({st['weight_mb']:.0f} MB of float32 values, int32 columns and row pointers) at the read "
-        "bandwidth; the *traffic limit* adds the state traffic every forward + adjoint has (read the state's "
-        "cache lines that hold observed values once, write its dense gradient once) at the copy bandwidth.",
+        "bandwidth; the *traffic limit* adds the state traffic every forward + adjoint has: read the state's "
+        "cache lines that hold observed values once (at the read bandwidth), write its dense gradient once (at the "
+        "copy bandwidth).",
         "",
         "| threads | weights limit | forward + adjoint / weights limit | traffic limit | forward + adjoint / "
         "traffic limit |",

@@ -91,6 +91,10 @@ def test_gmres_one_iteration_is_the_least_residual_step() -> None:
         true = b - x @ a.T
         torch.testing.assert_close(info.residual_vector, true, rtol=1e-10, atol=1e-12)
         assert info.iterations == 1 and info.converged
+    for scale in (1e-200, 1e-160, 1e160):  # |A v|^2 would under/overflow float64: the step must not
+        x, info = gmres(lambda v, s=scale: s * v, b[:1], tol=None, maxiter=1)
+        torch.testing.assert_close(x, b[:1] / scale, rtol=1e-12, atol=0)
+        assert float(info.residual.max()) < 1e-12
     b[1] = 0.0
     calls: list[torch.Tensor] = []
     x, info = gmres(lambda v: calls.append(v) or v @ a.T, b, tol=1e-3, maxiter=1)

@@ -73,8 +73,8 @@ def test_batched_rows_equal_row_by_row_and_are_contiguous(reorder: bool, monkeyp
 def test_threaded_products_equal_one_thread(threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """The products of a large matrix run on torch.get_num_threads() threads: the forward by blocks of rows, the
     adjoint by blocks of state columns, each with about equal numbers of entries. Both give the same sums as one
-    thread, bit for bit, in the original row order; more threads than rows or columns leave no block empty, and the
-    column blocks cover every entry once, in disjoint ranges of columns."""
+    thread, bit for bit, in the original row order; on this matrix no block is left empty with more threads than
+    rows, and the column blocks cover every entry once, in disjoint ranges of columns."""
     import appa_core.obs.sparse as sparse
 
     rng = np.random.default_rng(4)
@@ -270,10 +270,24 @@ def test_small_matrices_take_gathers_and_agree_with_the_custom_function(monkeypa
     )
 
 
+def test_small_matrix_entries_made_under_inference_mode_still_differentiate() -> None:
+    """The gathers' cached entries are ordinary tensors even when the first product runs under
+    torch.inference_mode (before: inference tensors, which a later differentiable product cannot save)."""
+    A = _matrix()
+    mat = CSRMatrix(A)
+    with torch.inference_mode():
+        csr_matmul(torch.randn(2, 11, dtype=torch.float64), mat)
+    x = torch.randn(2, 11, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 7, dtype=torch.float64)
+    (grad,) = torch.autograd.grad(csr_matmul(x, mat), x, g)
+    torch.testing.assert_close(grad, g @ torch.as_tensor(A.toarray()), rtol=1e-13, atol=1e-13)
+
+
 def test_torch_backend_matches_scipy() -> None:
     """The torch sparse CSR path (what CUDA uses), exercised on CPU: same products, gradients and jvp."""
     A = _matrix(9, 13, seed=2)
-    scipy_mat, torch_mat = CSRMatrix(A, reorder=True), CSRMatrix(A, reorder=True, backend="torch")
+    scipy_mat = CSRMatrix(A, reorder=True, backend="scipy")  # the custom function (small matrices: gathers on "auto")
+    torch_mat = CSRMatrix(A, reorder=True, backend="torch")
     x = torch.randn(3, 13, dtype=torch.float64, requires_grad=True)
     y = torch.randn(3, 9, dtype=torch.float64)
     assert torch.allclose(csr_matmul(x, torch_mat), csr_matmul(x, scipy_mat), atol=1e-13)

@@ -722,12 +722,10 @@ class BlockDiagonal(NoiseModel):
         return torch.cat([m.score(r) for m, r in zip(self.models, self._split(residual), strict=True)], dim=-1)
 
     def variance(self) -> Tensor:
-        parts = [m.variance() for m in self.models]
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+        return torch.cat([m.variance() for m in self.models])
 
     def marginal_variance(self) -> Tensor:
-        parts = [m.marginal_variance() for m in self.models]
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+        return torch.cat([m.marginal_variance() for m in self.models])
 
     def cov_matvec(self, v: Tensor, weights: Tensor | None = None) -> Tensor:
         ws = [None] * len(self.models) if weights is None else self._split(weights, "weights")

@@ -169,11 +169,12 @@ class CSRMatrix:
         if (dtype, device) not in self._entries:
             A = self._scipy[np.dtype(np.float64)].tocoo()
             rows = A.row if self.order is None else self.order[A.row]
-            self._entries[(dtype, device)] = (
-                torch.as_tensor(rows.astype(np.int64), device=device),
-                torch.as_tensor(A.col.astype(np.int64), device=device),
-                torch.as_tensor(A.data, dtype=dtype, device=device),
-            )
+            with torch.inference_mode(False):  # kept: a first call under inference mode must not make them inference
+                self._entries[(dtype, device)] = (
+                    torch.as_tensor(rows.astype(np.int64), device=device),
+                    torch.as_tensor(A.col.astype(np.int64), device=device),
+                    torch.as_tensor(A.data, dtype=dtype, device=device),
+                )
         return self._entries[(dtype, device)]
 
     def _column_blocks(self, dtype: np.dtype[Any]) -> _ColumnBlocks | None:
