@@ -185,7 +185,7 @@ def stations(m: int, repeat: int, bws: dict[int, dict[str, float]]) -> dict:
         limits[n] = {"limit_w": limit_w, "limit_t": limit_t, "ratio_w": both / limit_w, "ratio_t": both / limit_t}
     return {
         "m": m, "nnz": op.matrix().nnz, "ts": ts, "weight_mb": weight_bytes / 1e6, "limits": limits,
-        "state_mb": x.numel() * 4 / 1e6, "lines_touched": lines,
+        "state_mb": state_bytes / 1e6, "lines_touched": lines,
     }  # fmt: skip
 
 
