@@ -340,10 +340,19 @@ def one_iteration_parts(problem: Problem, repeats: int) -> dict[str, float]:
     free.__dict__.update(problem.__dict__)
     free.denoise = lambda z, sigma: z / 2  # type: ignore[method-assign]
     steps = len(problem.sigmas) - 1
+    one = MMPS(maxiter=1, tol=None, warm_start=False)
     runs = {
-        "rest, ours": lambda: free.run(ours_denoiser(free, MMPS(maxiter=1, tol=None, warm_start=False))),
+        "rest, ours": lambda: free.run(ours_denoiser(free, one)),
         "rest, azula": lambda: free.run(azula_denoiser(free, 1)),  # type: ignore[arg-type]
     }
+    bare = bare_one_iteration(free)
+    if bare is not None:
+        gap = float((free.run(bare) - free.run(ours_denoiser(free, one))).abs().max())
+        assert gap < 1e-9, f"the hand-written call is not our MMPS at k = 1 (max difference {gap:.1e})"
+        runs["rest, bare"] = lambda: free.run(bare)
+    compiled = compiled_denoiser(free, one)
+    if compiled is not None:
+        runs["rest, ours compiled"] = lambda: free.run(compiled)
     times: dict[str, list[float]] = {k: [] for k in [*parts, *runs]}
     for fn in [*parts.values(), *runs.values()]:
         fn()  # warm-up
@@ -358,6 +367,60 @@ def one_iteration_parts(problem: Problem, repeats: int) -> dict[str, float]:
             fn()
             times[k].append((time.perf_counter() - t0) / steps)
     return {k: float(np.median(ts)) for k, ts in times.items()}
+
+
+def bare_one_iteration(problem: Problem) -> Denoise | None:
+    r"""Our MMPS with one iteration from zero written by hand for ``problem`` (Gaussian prior, affine decoder,
+    linear operators, diagonal noise): the math alone, with no checks, reports, masks or abstractions, as the floor
+    of what the rest of a guided call can cost in eager PyTorch. With :math:`D = \mathrm{diag}(R)^{-1/2}`,
+    :math:`b = D (y - A \hat x)`, :math:`v = \sigma^2 J^\top A^\top D b` (one VJP),
+    :math:`w = D (R D b + A v)` and :math:`\alpha = \langle w, b\rangle / \|w\|^2`, the step is
+    :math:`\alpha v`. ``None`` for another problem."""
+    prior = problem.prior
+    if not isinstance(prior, GaussianPrior):
+        return None
+    A = problem.obs.matrix().tocoo()
+    rows, cols = torch.as_tensor(A.row, dtype=torch.long), torch.as_tensor(A.col, dtype=torch.long)
+    dtype = problem.x_init.dtype
+    vals = torch.as_tensor(A.data, dtype=dtype)
+    c, s = prior.center.reshape(-1).to(dtype), prior.scale.reshape(-1).to(dtype)
+    y = problem.obs.values.to(dtype)
+    var = problem.obs.noise.variance().to(dtype)
+    dis = var.rsqrt()
+    m = y.shape[-1]
+
+    def observe(x: torch.Tensor) -> torch.Tensor:  # [B, N] -> [B, M]
+        return x.new_zeros(x.shape[0], m).index_add(1, rows, x[:, cols] * vals)
+
+    def d(z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        n = z.shape[0]
+        ones = [1] * (z.dim() - 1)
+        with torch.enable_grad():
+            leaf = z.detach().requires_grad_(True)
+            z_hat = problem.denoise(leaf, sigma)
+            y_hat = observe(c + s * z_hat.reshape(n, -1))
+            b = (y - y_hat.detach()) * dis
+            v = (sigma**2).reshape(n, *ones) * torch.autograd.grad(y_hat, leaf, b * dis)[0]
+        w = (var * dis * b + observe(s * v.reshape(n, -1))) * dis
+        alpha = (w * b).sum(-1) / (w * w).sum(-1)
+        return z_hat.detach() + alpha.reshape(n, *ones) * v
+
+    return d
+
+
+def compiled_denoiser(problem: Problem, guidance: MMPS) -> Denoise | None:
+    """Our guided denoiser under ``torch.compile`` (inductor; the frames it cannot compile run eagerly), or
+    ``None`` where compiling fails (no C++ compiler)."""
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True
+    d = torch.compile(ours_denoiser(problem, guidance))
+    try:
+        problem.run(d)  # compiles
+    except Exception as e:  # any failure means: not measured
+        print(f"  torch.compile: not measured ({type(e).__name__}: {e})".splitlines()[0], flush=True)
+        return None
+    return d
 
 
 def _one_iteration_line(parts: dict[str, float], ratio: float | None) -> str:
@@ -380,8 +443,28 @@ def _one_iteration_line(parts: dict[str, float], ratio: float | None) -> str:
         f"{(f + b) / (f + 2 * b + oa):.2f}: one product per call cannot cost less than F + B. With nothing "
         f"besides the denoiser on either side the ratio would be (F + B) / (F + 2B) = {(f + b) / (f + 2 * b):.2f}, "
         "above 0.5 for any denoiser (F > 0): at k = 1, half of azula's time is less than one product per call "
-        "costs, and only azula's own overhead brings the bar within reach."
+        "costs, and only azula's own overhead brings the bar within reach." + _floor_lines(parts, f, b, oa, o)
     )
+
+
+def _floor_lines(parts: dict[str, float], f: float, b: float, oa: float, o: float) -> str:
+    out = ""
+    if "rest, bare" in parts:
+        ob = parts["rest, bare"]
+        out += (
+            f" Floor: the same call written by hand for this problem (the math alone, no checks, reports or "
+            f"abstractions; equal to ours to 1e-9) leaves {1e3 * ob:.2f} ms per step besides the denoiser, the "
+            f"sampler's share included; at that the ratio would be (F + B + bare) / (F + 2B + azula's) = "
+            f"{(f + b + ob) / (f + 2 * b + oa):.2f}."
+        )
+    if "rest, ours compiled" in parts:
+        oc = parts["rest, ours compiled"]
+        out += (
+            f" `torch.compile` of our guided call (inductor, graph breaks run eagerly): {1e3 * oc:.2f} ms per step, "
+            f"{oc / o:.1f}x the eager call's: the breaks at each VJP and at the solver's checks, and recompilations, "
+            "cost more than the compiled pieces save."
+        )
+    return out
 
 
 def section(results: dict[str, dict]) -> str:
