@@ -328,7 +328,7 @@ def test_gmres_spends_one_product_per_iteration() -> None:
 def test_finite_check_names_the_operator_and_survives_an_overflowing_sum() -> None:
     """The guidance's finiteness check sums first (one reduction): a sum that overflows float32 while every value is
     finite passes (it falls back to the element-wise check), NaN and inf anywhere fail with the operator's name."""
-    from appa_core.guidance import _check_finite
+    from appa_core.guidance.report import _check_finite
 
     names = {"a": slice(0, 2), "b": slice(2, 4)}
     big = torch.full((2, 4), 3e38, dtype=torch.float32)
@@ -501,7 +501,7 @@ def test_observation_map_through_decoder_equals_forward_mode_ad() -> None:
 def test_mmps_step_from_the_products_equals_the_vjp(solver: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """MMPS builds its step from the denoiser-space vectors of its products (no final VJP); it equals the step of
     the VJP to rounding, warm-started or not, and it is what runs."""
-    import appa_core.guidance as guidance
+    import appa_core.guidance.mmps as guidance
 
     prior = _priors()[0]
     obs = _problem(prior)

@@ -72,3 +72,30 @@ def test_sampler_solve_fields_renamed_with_the_old_names_kept() -> None:
         Sampler(prior, cg_iters=2, solver_iters=3)
     with pytest.raises(ValueError, match="field 'solver_iters' has value 0"):
         Sampler(prior, solver_iters=0)
+
+
+SPLIT = [  # (the documented path, the module that now defines the name): both stay, without a warning
+    ("appa_core.guidance", "appa_core.guidance.mmps", ["MMPS", "WarmStart", "ADAPTIVE_MAXITER", "MAX_PRODUCTS_BYTES"]),
+    ("appa_core.guidance", "appa_core.guidance.dps", ["DPS", "DPS_DIVERGENCE"]),
+    ("appa_core.guidance", "appa_core.guidance.observation_map", ["ObservationMap"]),
+    ("appa_core.guidance", "appa_core.guidance.posterior",
+     ["PosteriorDenoiser", "KnownStates", "guided_denoiser", "observation_time_ranges"]),
+    ("appa_core.guidance", "appa_core.guidance.report",
+     ["GuidanceError", "GuidanceReport", "solve_summary", "failure_summary"]),
+    ("appa_core.sampler", "appa_core.store", ["save_zarr", "SHARD_ATTR"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("documented", "home", "names"), SPLIT)
+def test_split_modules_keep_the_documented_import_paths(documented: str, home: str, names: list[str]) -> None:
+    """``appa_core.guidance`` became a package of one module per concept and ``save_zarr`` moved to
+    ``appa_core.store``: every documented name still imports from its documented path, as the same object, with no
+    warning."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        old = importlib.import_module(documented)
+        new = importlib.import_module(home)
+        for name in names:
+            assert getattr(old, name) is getattr(new, name), name
