@@ -59,7 +59,7 @@ from appa_core.obs.base import ObsOperator
 from appa_core.obs.obsset import ObsSet
 from appa_core.obs.qc import FLAG_MEANINGS, QC, QCError, QCResult, background_flags, bounds_flags
 from appa_core.priors.base import DiffusionPrior
-from appa_core.store import SHARD_ATTR, save_zarr
+from appa_core.store import SHARD_ATTR, WRITTEN_BY, save_zarr  # noqa: F401  (WRITTEN_BY: its 0.1 path)
 
 __all__ = [
     "PosteriorSample",

@@ -82,7 +82,7 @@ SPLIT = [  # (the documented path, the module that now defines the name): both s
      ["PosteriorDenoiser", "KnownStates", "guided_denoiser", "observation_time_ranges"]),
     ("appa_core.guidance", "appa_core.guidance.report",
      ["GuidanceError", "GuidanceReport", "solve_summary", "failure_summary"]),
-    ("appa_core.sampler", "appa_core.store", ["save_zarr", "SHARD_ATTR"]),
+    ("appa_core.sampler", "appa_core.store", ["save_zarr", "SHARD_ATTR", "WRITTEN_BY"]),
 ]  # fmt: skip
 
 

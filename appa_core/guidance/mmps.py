@@ -71,8 +71,8 @@ ADAPTIVE_MAXITER = 16
 class WarmStart:
     """The previous solve's solution :math:`u` ``[*N, M]`` (float64, unscaled), the initial guess of the next one.
 
-    One per sequence of guided calls on the same systems (a :class:`PosteriorDenoiser` keeps one per window); a
-    guess of another shape (another batch, another window) is ignored.
+    One per sequence of guided calls on the same systems (a :class:`~appa_core.guidance.PosteriorDenoiser` keeps
+    one per window); a guess of another shape (another batch, another window) is ignored.
     """
 
     u: Tensor | None = None

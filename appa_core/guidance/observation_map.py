@@ -19,10 +19,10 @@ class ObservationMap:
 
     ``linearize(z)`` returns the tangent map ``v -> d fn(z) v`` (or ``None`` when it has none here). MMPS calls it
     once per guided call, at :math:`\hat z`, and the tangent map once per solver iteration (and once per
-    Hutchinson probe for robust noise models). ``torch.func.jvp``
-    would rerun the primal pass every iteration and, through each convolution, also convolve the primal with
-    the weights' zero tangent. :class:`PosteriorDenoiser` builds one from the prior's ``linearize_decode`` (when
-    the prior has it) and the operators' tangent-linear maps (:meth:`~appa_core.obs.ObsOperator.linearize`). Any
+    Hutchinson probe for robust noise models). ``torch.func.jvp`` would rerun the primal pass every iteration
+    and, through each convolution, also convolve the primal with the weights' zero tangent.
+    :class:`~appa_core.guidance.PosteriorDenoiser` builds one from the prior's ``linearize_decode`` (when the
+    prior has it) and the operators' tangent-linear maps (:meth:`~appa_core.obs.ObsOperator.linearize`). Any
     callable works where an ``observe`` is expected; this one only adds the shortcut.
     """
 
