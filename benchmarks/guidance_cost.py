@@ -288,13 +288,24 @@ def profile(repeats: int) -> dict:
         with torch.enable_grad():
             prob.denoise(z.detach().requires_grad_(True), sig)
 
+    def observe_graph() -> None:
+        with torch.enable_grad():
+            prob.observe(zh)
+
+    def observe_with_tangent() -> None:
+        assert obs_map.with_tangent is not None
+        with torch.enable_grad():
+            obs_map.with_tangent(zh)
+
     parts: dict[str, Callable[[], object]] = {
         "unguided denoiser call (no graph)": lambda: prob.denoise(z, sig),
         "denoiser forward with graph": denoise_graph,
         "VJP through the denoiser": lambda: torch.autograd.grad(zh, zt, v, retain_graph=True),
         "VJP through decoder + operators": lambda: torch.autograd.grad(yh, zh, u, retain_graph=True),
         "JVP through decoder + operators (torch.func.jvp)": lambda: torch.func.jvp(prob.observe, (zh.detach(),), (v,)),
+        "observe the denoised state with graph (decoder + operators)": observe_graph,
         "linearize the decoder (set-up, per call)": lambda: obs_map.linearize(zh.detach()),
+        "observe with graph + linearize, one decoder pass (per call)": observe_with_tangent,
         "JVP through linearized decoder + operators (per iteration)": lambda: tangent(v),
         "decoder forward alone": lambda: dec(zh.detach()),
         "JVP through the decoder alone (torch.func.jvp)": lambda: torch.func.jvp(dec, (zh.detach(),), (v,)),
@@ -564,6 +575,8 @@ def section(results: dict[str, dict]) -> str:
         setup = t["linearize the decoder (set-up, per call)"]
         fixed = t["denoiser forward with graph"]
         base = t["unguided denoiser call (no graph)"]
+        observe = t.get("observe the denoised state with graph (decoder + operators)")
+        fused = t.get("observe with graph + linearize, one decoder pass (per call)")
         lines += [
             "**Where the time goes** (demo prior, 2 members, 2000 observations, sigma = 1; median of "
             f"{prof['repeats']} interleaved repeats, measured {prof['date']}):",
@@ -581,9 +594,18 @@ def section(results: dict[str, dict]) -> str:
             "",
             f"One solver iteration (product) costs {1e3 * product:.0f} ms = {product / base:.1f} unguided calls "
             f"({1e3 * product_old:.0f} ms with `torch.func.jvp` through the whole map); a guided call with k "
-            f"iterations costs about {(fixed + setup) / base:.1f} + {product / base:.1f} k unguided calls (forward "
-            "with graph, the decoder's linearization, k products; the guided step is combined from the products' "
-            "denoiser-space vectors, with no final VJP). Forward-mode AD runs three convolutions per decoder "
+            + (
+                f"iterations costs about {(fixed + fused) / base:.1f} + {product / base:.1f} k unguided calls (the "
+                "denoiser's forward with graph; one decoder pass that observes the denoised state with its graph "
+                f"and linearizes the decoder, {1e3 * fused:.0f} ms, where two passes cost {1e3 * observe:.0f} + "
+                f"{1e3 * setup:.0f} ms; k products; the guided step is combined from the products' denoiser-space "
+                "vectors, with no final VJP). "
+                if fused is not None and observe is not None
+                else f"iterations costs about {(fixed + setup) / base:.1f} + {product / base:.1f} k unguided calls "
+                "(forward with graph, the decoder's linearization, k products; the guided step is combined from "
+                "the products' denoiser-space vectors, with no final VJP). "
+            )
+            + "Forward-mode AD runs three convolutions per decoder "
             "convolution (the primal, the tangent, "
             "and the primal with the weights' zero tangent; profiled), so each product through "
             f"`torch.func.jvp` costs {jvp_old / jvp_new:.1f}x the product through the decoder linearized once per "

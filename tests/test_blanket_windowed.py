@@ -149,3 +149,61 @@ def test_latent_prior_linearized_products_equal_forward_mode(windowed: bool, mon
     slow = guided()
     assert float((fast - z).abs().max()) > 1e-2  # the guidance moved the state
     assert float((fast - slow).abs().max() / (slow - z).abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("windowed", [False, True])
+def test_one_decoder_pass_per_guided_call(windowed: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a prior whose ``linearize_decode`` takes ``graph`` (the latent ``Prior``), a guided call decodes the
+    denoised state once: the pass that observes it, with its graph for the VJPs, also gives the tangent map of the
+    solver's products. Before, it decoded twice (a forward for the observations, a linearization); a prior without
+    ``graph`` still takes that path. The two give the same output to float32 rounding."""
+    from _guided_helpers import tiny_latent_prior
+
+    import appa_core.guidance.observation_map as om
+
+    prior = tiny_latent_prior()
+    k, length = prior.window, 2 * prior.window - 1
+    times = window_times(length)
+    g = np.random.default_rng(0)
+    n_obs = 30
+    variables = np.array(["2m_temperature", "temperature@500", "temperature@850"])
+    op = Points(
+        variable=variables[g.integers(0, 3, n_obs)], lat=g.uniform(-80, 80, n_obs), lon=g.uniform(0, 360, n_obs),
+        time=times[g.integers(0, length, n_obs)], value=g.normal(270, 10, n_obs), error=1.0, name="points",
+    )  # fmt: skip
+    obs = ObsSet([op]).prepare(prior.grid, prior.spec, times)
+    bl = Blanket(length, k, 1)
+    den = PosteriorDenoiser(
+        prior, times, bl.starts, bl.size, bl.keep, 0, length, obs=obs,
+        row_range=observation_time_ranges(obs, prior, length), guidance=MMPS("gmres", 3, None, warm_start=False),
+        windowed=windowed,
+    )  # fmt: skip
+    assert (den.windows is not None) == windowed
+    z = torch.randn(2, *prior.event_shape(length), generator=torch.Generator().manual_seed(1))
+    sigma = torch.full((2,), 0.8)
+    ae = prior.autoencoder
+    counts = {"decode": 0, "linearize": 0}
+    decode, linearize = ae.decode, ae.linearize_decode
+
+    def counted_decode(zz: torch.Tensor) -> torch.Tensor:
+        counts["decode"] += 1
+        return decode(zz)
+
+    def counted_linearize(zz: torch.Tensor, graph: bool = False):  # type: ignore[no-untyped-def]
+        counts["linearize"] += 1
+        return linearize(zz, graph)
+
+    monkeypatch.setattr(ae, "decode", counted_decode)
+    monkeypatch.setattr(ae, "linearize_decode", counted_linearize)
+    den(z, sigma)  # warm-up: the frame's fill state is decoded once and kept
+    passes = len(bl.starts) if windowed else 1  # decoder calls per guided call (each one batched)
+    counts.update(decode=0, linearize=0)
+    one_pass = den(z, sigma)
+    assert counts == {"decode": 0, "linearize": passes}
+    monkeypatch.setattr(om, "_takes_graph", lambda method: False)  # a prior whose linearize_decode has no graph
+    counts.update(decode=0, linearize=0)
+    two_passes = den(z, sigma)
+    assert counts == {"decode": passes, "linearize": passes}
+    step = float((two_passes - z).abs().max())
+    assert step > 1e-2
+    assert float((one_pass - two_passes).abs().max()) < 1e-5 * step

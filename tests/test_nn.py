@@ -238,3 +238,14 @@ def test_linearize_decode_equals_forward_mode_ad(height: int, static: int) -> No
         assert float((got - ref).abs().max() / ref.abs().max()) < 1e-12
     with pytest.raises(ValueError, match=r"Autoencoder\.linearize_decode: expected \[N, 4, 4, 8\]"):
         ae.linearize_decode(torch.randn(2, 3, 4, 8, dtype=torch.float64))
+    # graph=True: the same primal and tangent map, and the primal keeps its graph: its VJP is decode's
+    zg = z.clone().requires_grad_(True)
+    xg, tangent_g = ae.linearize_decode(zg, graph=True)
+    assert not x.requires_grad and xg.requires_grad
+    torch.testing.assert_close(xg.detach(), x, atol=0.0, rtol=0.0)
+    g = torch.randn_like(x)
+    got = torch.autograd.grad(xg, zg, g)[0]
+    ref = torch.autograd.grad(ae.decode(zg), zg, g)[0]
+    torch.testing.assert_close(got, ref, atol=1e-12, rtol=1e-12)
+    v = torch.randn_like(z)
+    torch.testing.assert_close(tangent_g(v), tangent(v), atol=0.0, rtol=0.0)

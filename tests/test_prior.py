@@ -226,5 +226,14 @@ def test_linearize_decode_equals_forward_mode_ad_of_decode() -> None:
     assert got.shape == (2, 3, 3, 16, 32) and got.dtype == z.dtype
     assert float((got - ref).abs().max() / ref.abs().max()) < 1e-5
     assert float((tangent(2 * v) - 2 * got).abs().max() / got.abs().max()) < 1e-6  # linear in v
+    # graph=True: the same primal, with its graph from z (its VJP is decode's), and the same tangent map
+    zg = z.clone().requires_grad_(True)
+    xg, tangent_g = prior.linearize_decode(zg, graph=True)
+    assert not x.requires_grad and xg.requires_grad
+    torch.testing.assert_close(xg.detach(), x, atol=0.0, rtol=0.0)
+    g = torch.randn_like(x)
+    vjp, ref_vjp = torch.autograd.grad(xg, zg, g)[0], torch.autograd.grad(prior.decode(zg), zg, g)[0]
+    assert float((vjp - ref_vjp).abs().max() / ref_vjp.abs().max()) < 1e-6
+    torch.testing.assert_close(tangent_g(v), got, atol=0.0, rtol=0.0)
     with pytest.raises(ValueError, match=r"Prior\.linearize_decode"):
         prior.linearize_decode(torch.randn(2, 3, 4, 8))

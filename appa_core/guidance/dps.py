@@ -41,9 +41,10 @@ class DPS:
         where: str = "DPS",
         unit_rows: Tensor | None = None,
         warm: WarmStart | None = None,
+        tangent: Callable[[Tensor], Tensor] | None = None,
     ) -> tuple[Tensor, GuidanceReport]:
-        """As :meth:`~appa_core.guidance.MMPS.guide`, with a single VJP and no solve (``unit_rows`` and ``warm``
-        are not used)."""
+        """As :meth:`~appa_core.guidance.MMPS.guide`, with a single VJP and no solve (``unit_rows``, ``warm`` and
+        ``tangent`` are not used)."""
         names = _names_or_default(names, y_hat.shape[-1])
         r = y.to(y_hat.dtype) - y_hat
         if mask is not None:

@@ -161,6 +161,7 @@ class MMPS:
         where: str = "MMPS",
         unit_rows: Tensor | None = None,
         warm: WarmStart | None = None,
+        tangent: Callable[[Tensor], Tensor] | None = None,
     ) -> tuple[Tensor, GuidanceReport]:
         r"""One guided denoiser evaluation.
 
@@ -179,6 +180,9 @@ class MMPS:
                 scaling adds the unit-variance prior term :math:`\sigma^2/(1+\sigma^2)`, which keeps the system
                 well conditioned when their noise is tiny.
             warm: the previous solution of these systems, updated in place (used when ``warm_start``).
+            tangent: the tangent map of ``observe`` at ``z_hat`` when the caller has it (e.g. from the pass that
+                computed ``y_hat``: :meth:`~appa_core.guidance.ObservationMap.with_tangent`); ``None``: linearized
+                here.
 
         Returns:
             ``(E[z | z_t, y], report)``, the guided estimate detached.
@@ -196,7 +200,7 @@ class MMPS:
             """sigma^2 J^T A^T u: one backward pass from y_hat through z_hat to z_t."""
             return s2 * torch.autograd.grad(y_hat, z_t, u.to(dt), retain_graph=True)[0]
 
-        jvp_obs = _tangent_map(observe, z_hat)
+        jvp_obs = tangent if tangent is not None else _tangent_map(observe, z_hat)
 
         w = None  # IRLS weights (Gaussian models: all ones, left out)
         if self.irls and not noise.gaussian:

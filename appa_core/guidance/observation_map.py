@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
 
 import attrs
@@ -24,10 +26,15 @@ class ObservationMap:
     :class:`~appa_core.guidance.PosteriorDenoiser` builds one from the prior's ``linearize_decode`` (when the
     prior has it) and the operators' tangent-linear maps (:meth:`~appa_core.obs.ObsOperator.linearize`). Any
     callable works where an ``observe`` is expected; this one only adds the shortcut.
+
+    ``with_tangent(z)`` (optional) gives ``(fn(z), tangent map or None)`` from one pass: ``fn(z)`` with its autograd
+    graph, for the call's VJPs, and the tangent map at ``z`` (a prior whose ``linearize_decode`` takes ``graph``
+    decodes once per call instead of twice).
     """
 
     fn: Callable[[Tensor], Tensor]
     linearize: Callable[[Tensor], Callable[[Tensor], Tensor] | None]
+    with_tangent: Callable[[Tensor], tuple[Tensor, Callable[[Tensor], Tensor] | None]] | None = None
 
     def __call__(self, z: Tensor) -> Tensor:
         return self.fn(z)
@@ -46,7 +53,32 @@ class ObservationMap:
             h = _tangent_map(observe_states, x)
             return lambda v: h(dx_of(v))
 
-        return cls(lambda z: observe_states(prior.decode(z)), linearize)
+        def with_tangent(z: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor] | None]:
+            decoded = decode_with_tangent(prior, z)
+            if decoded is None:
+                return observe_states(prior.decode(z)), None
+            x, dx_of = decoded
+            h = _tangent_map(observe_states, x)
+            return observe_states(x), lambda v: h(dx_of(v))
+
+        return cls(lambda z: observe_states(prior.decode(z)), linearize, with_tangent)
+
+
+@functools.cache
+def _takes_graph(method: Callable[..., object]) -> bool:
+    try:
+        return "graph" in inspect.signature(method).parameters
+    except (TypeError, ValueError):  # no signature to read: do not guess
+        return False
+
+
+def decode_with_tangent(prior: DiffusionPrior, z: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]] | None:
+    """``(prior.decode(z)`` with its autograd graph from ``z``, the decoder's tangent map at ``z)`` from one pass,
+    when the prior's ``linearize_decode`` takes ``graph``; else ``None`` (decode and linearize apart)."""
+    linearize_decode = getattr(prior, "linearize_decode", None)
+    if linearize_decode is None or not _takes_graph(getattr(linearize_decode, "__func__", linearize_decode)):
+        return None
+    return linearize_decode(z, graph=True)
 
 
 def _tangent_map(f: Callable[[Tensor], Tensor], x: Tensor) -> Callable[[Tensor], Tensor]:

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from appa_core.guidance.dps import DPS
 from appa_core.guidance.mmps import MMPS, WarmStart
-from appa_core.guidance.observation_map import ObservationMap
+from appa_core.guidance.observation_map import ObservationMap, decode_with_tangent
 from appa_core.guidance.report import GuidanceError, GuidanceReport, _failure_message
 from appa_core.obs.errors import BlockDiagonal, DiagonalGaussian, NoiseModel
 from appa_core.obs.obsset import ObsSet
@@ -50,8 +50,11 @@ def guided_denoiser(
         with torch.enable_grad():
             leaf = z_t.detach().requires_grad_(True)
             z_hat = denoise(leaf, sigma)
-            y_hat = observe(z_hat)
-            out, _ = guidance.guide(leaf, z_hat, y_hat, observe, y, noise, sigma, names=names, warm=warm)
+            with_tangent = getattr(observe, "with_tangent", None)
+            y_hat, tangent = with_tangent(z_hat) if with_tangent is not None else (observe(z_hat), None)
+            out, _ = guidance.guide(
+                leaf, z_hat, y_hat, observe, y, noise, sigma, names=names, warm=warm, tangent=tangent
+            )
         return out
 
     return d
@@ -285,14 +288,42 @@ class PosteriorDenoiser:
         if self.obs is not None and linearize_decode is None:
             return None
         nw, b = zh.shape[:2]
-        obs = self.obs
-        if obs is not None:
-            x, dx_of = linearize_decode(zh.reshape(nw * b, *zh.shape[2:]))
-            h = obs.linearize(self._frame(x.reshape(nw, b, *x.shape[1:]), self._fill_state(x)))
+        if self.obs is None:
+            return self._tangent(nw, b, None, None)
+        x, dx_of = linearize_decode(zh.reshape(nw * b, *zh.shape[2:]))
+        frame = self._frame(x.reshape(nw, b, *x.shape[1:]), self._fill_state(x))
+        return self._tangent(nw, b, dx_of, self.obs.linearize(frame))
+
+    def _observe_with_tangent(self, zh: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor] | None]:
+        """``(_observe(zh)`` with its graph, its tangent map at ``zh)`` from one decoder pass when the prior's
+        ``linearize_decode`` takes ``graph`` (:func:`~appa_core.guidance.observation_map.decode_with_tangent`);
+        else ``(_observe(zh), None)``."""
+        nw, b = zh.shape[:2]
+        if self.obs is None:
+            return self._observe(zh), self._tangent(nw, b, None, None)
+        decoded = decode_with_tangent(self.prior, zh.reshape(nw * b, *zh.shape[2:]))
+        if decoded is None:
+            return self._observe(zh), None
+        x, dx_of = decoded
+        frame = self._frame(x.reshape(nw, b, *x.shape[1:]), self._fill_state(x))
+        ys = [self.obs(frame).reshape(nw, b, -1)]
+        if self.known is not None:
+            ys.append(self._known_rows(zh))
+        return torch.cat(ys, dim=-1), self._tangent(nw, b, dx_of, self.obs.linearize(frame.detach()))
+
+    def _tangent(
+        self,
+        nw: int,
+        b: int,
+        dx_of: Callable[[Tensor], Tensor] | None,
+        h: Callable[[Tensor], Tensor] | None,
+    ) -> Callable[[Tensor], Tensor]:
+        """The tangent map of :meth:`_observe` from the decoder's (``dx_of``) and the operators' (``h``, on the
+        frame) tangent maps; both ``None`` without operators."""
 
         def tangent(v: Tensor) -> Tensor:
             ys = []
-            if obs is not None:
+            if dx_of is not None and h is not None:
                 dx = dx_of(v.reshape(nw * b, *v.shape[2:]))
                 dx_frame = self._frame(dx.reshape(nw, b, *dx.shape[1:]), torch.zeros_like(self._fill_state(dx)))
                 ys.append(h(dx_frame).reshape(nw, b, -1))
@@ -335,7 +366,7 @@ class PosteriorDenoiser:
             if self.active:
                 assert self.guidance is not None and self.mask is not None
                 nw = len(self.starts)
-                y_hat = self._observe(zh)
+                y_hat, tangent = self._observe_with_tangent(zh)
                 y = self._targets(nw, b, y_hat)
                 mask = self.mask[:, None, :].to(y_hat.device).expand(nw, b, -1)
                 sig_wb = sigma.reshape(1, b).expand(nw, b)
@@ -352,6 +383,7 @@ class PosteriorDenoiser:
                     where,
                     self._unit_rows,
                     self._warm[-1],
+                    tangent,
                 )
                 self.reports.append(report)
                 if not report.converged and self.on_failure == "raise":
@@ -378,11 +410,11 @@ class PosteriorDenoiser:
                 zh = self.prior.denoise(leaf[0], sigma, times)[None]
                 if not bool(torch.isfinite(zh).all()):
                     raise GuidanceError(f"{where}: the prior's denoiser returned non-finite values")
-                y_hat = win.observe(zh)
+                y_hat, tangent = win.observe_with_tangent(zh)
                 y = win.targets(b, y_hat)
                 out, report = self.guidance.guide(
                     leaf, zh, y_hat, ObservationMap(win.observe, win.linearize), y, win.noise, sigma.reshape(1, b),
-                    None, win.names, where, win.unit_rows, warm,
+                    None, win.names, where, win.unit_rows, warm, tangent,
                 )  # fmt: skip
             reports.append(report)
             outs.append(out[0])
@@ -475,13 +507,34 @@ class _Window:
         linearize_decode = getattr(self.prior, "linearize_decode", None)
         if self.ops and linearize_decode is None:
             return None
-        if self.ops:
-            x, dx_of = linearize_decode(zh[0])
-            maps = [op.linearize(x) for op in self.ops]
+        if not self.ops:
+            return self._tangent(None, [])
+        x, dx_of = linearize_decode(zh[0])
+        return self._tangent(dx_of, [op.linearize(x) for op in self.ops])
+
+    def observe_with_tangent(self, zh: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor] | None]:
+        """``(observe(zh)`` with its graph, its tangent map at ``zh)`` from one decoder pass when the prior's
+        ``linearize_decode`` takes ``graph``; else ``(observe(zh), None)``."""
+        if not self.ops:
+            return self.observe(zh), self._tangent(None, [])
+        decoded = decode_with_tangent(self.prior, zh[0])
+        if decoded is None:
+            return self.observe(zh), None
+        x, dx_of = decoded
+        ys = [op(x) for op in self.ops]
+        if self.known is not None:
+            ys.append(self._known_rows(zh))
+        xd = x.detach()
+        return torch.cat(ys, dim=-1)[None], self._tangent(dx_of, [op.linearize(xd) for op in self.ops])
+
+    def _tangent(
+        self, dx_of: Callable[[Tensor], Tensor] | None, maps: list[Callable[[Tensor], Tensor]]
+    ) -> Callable[[Tensor], Tensor]:
+        """The tangent map of :meth:`observe` from the decoder's (``dx_of``) and the operators' (``maps``)."""
 
         def tangent(v: Tensor) -> Tensor:
             ys = []
-            if self.ops:
+            if dx_of is not None:
                 dx = dx_of(v[0])
                 ys.extend(h(dx) for h in maps)
             if self.known is not None:

@@ -38,6 +38,7 @@ where the tangent needs one (measured on the demo decoder: 3.4x the time of the 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Callable
@@ -397,19 +398,22 @@ class Autoencoder(nn.Module):
             x = self.decoder(z)
         return self._crop(x)
 
-    def linearize_decode(self, z: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    def linearize_decode(self, z: Tensor, graph: bool = False) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
         """``decode(z)`` and its tangent map ``v [N, c, h, w] -> J_decode(z) v [N, C, H, W]``, without autograd.
 
         One forward pass stores what the tangent needs (the channel norms' outputs and scales, the SiLU slopes);
         each call of the tangent map then costs one convolution per convolution of the decoder. Equal to
-        ``torch.func.jvp(self.decode, (z,), (v,))`` to rounding (tested). Both outputs are detached from ``z``.
+        ``torch.func.jvp(self.decode, (z,), (v,))`` to rounding (tested). Both outputs are detached from ``z``,
+        unless ``graph=True``: then ``decode(z)`` keeps its autograd graph (under the ambient grad mode), so that
+        one forward pass serves a VJP through the decoder as well as the tangent map (the guidance's observation
+        of the denoised state); the tangent map still runs without autograd.
         """
         if z.shape[-3:] != self.latent_shape:
             raise ValueError(
                 f"Autoencoder.linearize_decode: expected [N, {', '.join(map(str, self.latent_shape))}], "
                 f"got {list(z.shape)}"
             )
-        with torch.no_grad():
+        with contextlib.nullcontext() if graph else torch.no_grad():
             h = z
             if self.config.static_channels:
                 h = torch.cat([z, self._static_at(z.shape[0], z.dtype, coarse=True)], dim=1)

@@ -8,8 +8,10 @@ The sampler never looks inside a prior: it draws a diffusion variable ``z`` of s
 
 A prior may also have ``linearize_decode(z) -> (decode(z), v -> J_decode(z) v)``, a tangent map cheaper than
 ``torch.func.jvp`` of ``decode``; the guidance then uses it for its solver's products (optional: without it the
-guidance differentiates ``decode`` in forward mode). A subclass that overrides ``decode`` must override
-``linearize_decode`` too (or set it to ``None``), or the guidance would linearize the parent's decoder.
+guidance differentiates ``decode`` in forward mode). If it also takes ``graph=True`` (``decode(z)`` then keeps its
+autograd graph from ``z``), one decoder pass per guided call serves both the observation of the denoised state and
+the tangent map. A subclass that overrides ``decode`` must override ``linearize_decode`` too (or set it to
+``None``), or the guidance would linearize the parent's decoder.
 """
 
 from __future__ import annotations

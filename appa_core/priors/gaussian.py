@@ -264,9 +264,10 @@ class GaussianPrior(DiffusionPrior):
         _, _, _, c, s = self._tensors(z.dtype, z.device)
         return (c[:n] + s[:n] * flat).reshape(z.shape)
 
-    def linearize_decode(self, z: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
-        """``decode(z)`` and its tangent map ``v -> s * v`` (the decoder is affine)."""
-        x = self.decode(z.detach())
+    def linearize_decode(self, z: Tensor, graph: bool = False) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        """``decode(z)`` and its tangent map ``v -> s * v`` (the decoder is affine); ``graph=True``: ``decode(z)``
+        keeps its autograd graph from ``z``."""
+        x = self.decode(z if graph else z.detach())
         flat, _ = self._flat(z, "linearize_decode")
         s = self._tensors(z.dtype, z.device)[4][: flat.shape[1]]
         return x, lambda v: (s.to(v.dtype) * v.reshape(v.shape[0], -1)).reshape(v.shape)

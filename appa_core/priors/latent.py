@@ -188,12 +188,13 @@ class Prior(DiffusionPrior, nn.Module):
         e = z.to(self.dtype) * self.latent_std[:, None, None] + self.latent_mean[:, None, None]
         return e.reshape(-1, *self.latent_shape)
 
-    def linearize_decode(self, z: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    def linearize_decode(self, z: Tensor, graph: bool = False) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
         """``decode(z)`` ``[B, T, C, H, W]`` and its tangent map ``v [B, T, c, h, w] -> J_decode(z) v``, without
-        autograd (:meth:`Autoencoder.linearize_decode`): guidance calls the map once per solver iteration."""
+        autograd (:meth:`Autoencoder.linearize_decode`): guidance calls the map once per solver iteration.
+        ``graph=True``: ``decode(z)`` keeps its autograd graph from ``z`` (one decoder pass for both)."""
         self._check_event(z, "Prior.linearize_decode")
         b, t = z.shape[:2]
-        x, dx_of = self.autoencoder.linearize_decode(self._autoencoder_latent(z.detach()))
+        x, dx_of = self.autoencoder.linearize_decode(self._autoencoder_latent(z if graph else z.detach()), graph)
         x = (x * self.state_std + self.state_mean).reshape(b, t, *x.shape[1:]).to(z.dtype)
 
         def tangent(v: Tensor) -> Tensor:
