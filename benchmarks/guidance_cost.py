@@ -170,9 +170,10 @@ def ours_denoiser(problem: Problem, guidance: MMPS, reports: list | None = None)
         with torch.enable_grad():
             leaf = z.detach().requires_grad_(True)
             z_hat = problem.denoise(leaf, sigma)
-            y_hat = observe(z_hat)
+            assert observe.with_tangent is not None
+            y_hat, tangent = observe.with_tangent(z_hat)  # one decoder pass (as guided_denoiser)
             out, rep = guidance.guide(
-                leaf, z_hat, y_hat, observe, problem.obs.values, problem.obs.noise, sigma, warm=warm
+                leaf, z_hat, y_hat, observe, problem.obs.values, problem.obs.noise, sigma, warm=warm, tangent=tangent
             )
         if reports is not None:
             reports.append(rep)
