@@ -600,7 +600,9 @@ def section(results: dict[str, dict]) -> str:
                 "denoiser's forward with graph; one decoder pass that observes the denoised state with its graph "
                 f"and linearizes the decoder, {1e3 * fused:.0f} ms, where two passes cost {1e3 * observe:.0f} + "
                 f"{1e3 * setup:.0f} ms; k products; the guided step is combined from the products' denoiser-space "
-                "vectors, with no final VJP). "
+                "vectors, with no final VJP); with two decoder passes the fixed part is "
+                f"{(fixed + observe + setup) / base:.1f} unguided calls (earlier versions of this page gave 3.0, "
+                "leaving the observation's forward out). "
                 if fused is not None and observe is not None
                 else f"iterations costs about {(fixed + setup) / base:.1f} + {product / base:.1f} k unguided calls "
                 "(forward with graph, the decoder's linearization, k products; the guided step is combined from "

@@ -12,7 +12,7 @@ from _guided_helpers import ar1_prior, make_spec, window_times
 
 from appa_core.diffusion.blanket import Blanket
 from appa_core.grid import Grid
-from appa_core.guidance import MMPS, KnownStates, PosteriorDenoiser, observation_time_ranges
+from appa_core.guidance import DPS, MMPS, KnownStates, PosteriorDenoiser, observation_time_ranges
 from appa_core.obs import ObsSet, PointOperator
 from appa_core.spec import StateSpec
 
@@ -207,3 +207,70 @@ def test_one_decoder_pass_per_guided_call(windowed: bool, monkeypatch: pytest.Mo
     step = float((two_passes - z).abs().max())
     assert step > 1e-2
     assert float((one_pass - two_passes).abs().max()) < 1e-5 * step
+    monkeypatch.undo()
+    # DPS needs no tangent map: one decoder pass, no linearization
+    dps = PosteriorDenoiser(
+        prior, times, bl.starts, bl.size, bl.keep, 0, length, obs=obs, row_range=den_rows(obs, prior, length),
+        guidance=DPS(zeta=0.01), windowed=windowed,
+    )  # fmt: skip
+    dps(z, sigma)
+    monkeypatch.setattr(ae, "decode", counted_decode)
+    monkeypatch.setattr(ae, "linearize_decode", counted_linearize)
+    counts.update(decode=0, linearize=0)
+    dps(z, sigma)
+    assert counts == {"decode": passes, "linearize": 0}
+
+
+def den_rows(obs: ObsSet, prior: object, length: int) -> tuple[np.ndarray, np.ndarray]:
+    return observation_time_ranges(obs, prior, length)  # type: ignore[arg-type]
+
+
+def test_windowed_graph_is_freed_before_the_next_window() -> None:
+    """Windowed guidance holds one window's graph at a time (``windowed``'s memory bound), also when one decoder
+    pass gives both the observations and the tangent map (latent prior): when a window's denoiser runs, no tensor
+    saved for backward by an earlier window is alive."""
+    import weakref
+
+    from _guided_helpers import tiny_latent_prior
+
+    prior = tiny_latent_prior()
+    k, length = prior.window, 3 * prior.window - 2
+    times = window_times(length)
+    g = np.random.default_rng(0)
+    n_obs = 40
+    op = Points(
+        variable=np.array(["2m_temperature", "temperature@500"])[g.integers(0, 2, n_obs)],
+        lat=g.uniform(-80, 80, n_obs), lon=g.uniform(0, 360, n_obs), time=times[g.integers(0, length, n_obs)],
+        value=g.normal(270, 10, n_obs), error=1.0, name="points",
+    )  # fmt: skip
+    obs = ObsSet([op]).prepare(prior.grid, prior.spec, times)
+    bl = Blanket(length, k, 1)
+    den = PosteriorDenoiser(
+        prior, times, bl.starts, bl.size, bl.keep, 0, length, obs=obs,
+        row_range=observation_time_ranges(obs, prior, length), guidance=MMPS("gmres", 2, None, warm_start=False),
+        windowed=True,
+    )  # fmt: skip
+    assert den.windows is not None and sum(w is not None for w in den.windows) >= 3
+    weights = {id(t) for t in [*prior.autoencoder.parameters(), *prior.autoencoder.buffers()]}
+    weights |= {id(t) for t in [*prior.denoiser.parameters(), *prior.denoiser.buffers()]}
+    saved: list[weakref.ref[torch.Tensor]] = []
+    alive_at_denoise: list[int] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:  # a detached alias: alive exactly as long as the graph saves it
+        alias = t.detach()
+        if id(t) not in weights:
+            saved.append(weakref.ref(alias))
+        return alias
+
+    denoise = prior.denoise
+
+    def watched(*args, **kwargs):  # type: ignore[no-untyped-def]
+        alive_at_denoise.append(sum(r() is not None for r in saved))
+        saved.clear()
+        return denoise(*args, **kwargs)
+
+    prior.denoise = watched  # type: ignore[method-assign]
+    z = torch.randn(2, *prior.event_shape(length), generator=torch.Generator().manual_seed(1))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        den(z, torch.full((2,), 0.8))
+    assert len(alive_at_denoise) == len(bl.starts) and alive_at_denoise == [0] * len(bl.starts)

@@ -481,7 +481,17 @@ def test_observation_map_through_decoder_equals_forward_mode_ad() -> None:
     def guided(observe) -> torch.Tensor:  # type: ignore[no-untyped-def]
         return guided_denoiser(lambda zz, s: prior.denoise(zz, s), observe, obs.values, obs.noise, mmps)(z, sig)
 
-    a, b = guided(fast), guided(lambda zz: obs(prior.decode(zz)))
+    ae, counts = prior.autoencoder, {"decode": 0, "linearize": 0}
+    decode, linearize = ae.decode, ae.linearize_decode
+    ae.decode = lambda zz: (counts.__setitem__("decode", counts["decode"] + 1), decode(zz))[1]
+    ae.linearize_decode = lambda zz, graph=False: (
+        counts.__setitem__("linearize", counts["linearize"] + 1),
+        linearize(zz, graph),
+    )[1]
+    a = guided(fast)
+    assert counts == {"decode": 0, "linearize": 1}  # one decoder pass: the observations and the tangent map
+    del ae.decode, ae.linearize_decode
+    b = guided(lambda zz: obs(prior.decode(zz)))
     assert float((b - z).abs().max()) > 1e-2
     assert float((a - b).abs().max() / (b - z).abs().max()) < 1e-4
     no_linearization = types.SimpleNamespace(decode=prior.decode)  # a prior without linearize_decode
@@ -529,3 +539,32 @@ def test_mmps_step_from_the_products_equals_the_vjp(solver: str, monkeypatch: py
     monkeypatch.setattr(guidance, "_from_products", lambda products, coefficients: None)
     slow = run()
     assert float((fast - slow).abs().max() / (slow - z).abs().max()) < 1e-12
+
+
+def test_decode_with_tangent_falls_back_to_two_passes() -> None:
+    """``decode_with_tangent`` uses a prior's ``linearize_decode`` in one pass only when it takes ``graph`` and
+    honours it; a callable object (unhashable: attrs' eq), a method without ``graph``, or one that ignores it and
+    returns a detached primal give ``None`` (the guidance then decodes and linearizes apart), without an error."""
+    from appa_core.guidance.observation_map import decode_with_tangent
+
+    z = torch.randn(2, 3, requires_grad=True)
+
+    @attrs.define
+    class Lin:  # eq=True: unhashable
+        def __call__(self, zz: torch.Tensor) -> tuple[torch.Tensor, object]:
+            return zz.detach() * 2, lambda v: 2 * v
+
+    class Ignores:
+        def linearize_decode(self, zz: torch.Tensor, graph: bool = False) -> tuple[torch.Tensor, object]:
+            return zz.detach() * 2, lambda v: 2 * v
+
+    class Honours:
+        def linearize_decode(self, zz: torch.Tensor, graph: bool = False) -> tuple[torch.Tensor, object]:
+            return (zz if graph else zz.detach()) * 2, lambda v: 2 * v
+
+    with torch.enable_grad():
+        assert decode_with_tangent(types.SimpleNamespace(linearize_decode=Lin()), z) is None  # type: ignore[arg-type]
+        assert decode_with_tangent(types.SimpleNamespace(linearize_decode=None), z) is None  # type: ignore[arg-type]
+        assert decode_with_tangent(Ignores(), z) is None  # type: ignore[arg-type]
+        x, dx_of = decode_with_tangent(Honours(), z)  # type: ignore[arg-type,misc]
+    assert x.requires_grad and torch.equal(dx_of(torch.ones(2, 3)), 2 * torch.ones(2, 3))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -249,3 +250,21 @@ def test_linearize_decode_equals_forward_mode_ad(height: int, static: int) -> No
     torch.testing.assert_close(got, ref, atol=1e-12, rtol=1e-12)
     v = torch.randn_like(z)
     torch.testing.assert_close(tangent_g(v), tangent(v), atol=0.0, rtol=0.0)
+    # the tangent map keeps values, not the primal's graph: no tensor it holds requires grad (else a guided call's
+    # graph would live as long as the map)
+    held = _tensors_held(tangent_g)
+    assert held and not any(t.requires_grad for t in held)
+
+
+def _tensors_held(fn: object, depth: int = 6) -> list[torch.Tensor]:
+    """The tensors a function holds through its closure, partials, bound methods and lists (not module weights)."""
+    if depth == 0:
+        return []
+    if isinstance(fn, torch.Tensor):
+        return [fn]
+    if isinstance(fn, list | tuple):
+        return [t for f in fn for t in _tensors_held(f, depth - 1)]
+    if isinstance(fn, functools.partial):
+        return _tensors_held(fn.func, depth - 1) + _tensors_held(list(fn.args), depth - 1)
+    cells = getattr(fn, "__closure__", None) or ()
+    return [t for c in cells for t in _tensors_held(c.cell_contents, depth - 1)]

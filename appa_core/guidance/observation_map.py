@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import inspect
+import weakref
 from collections.abc import Callable
 
 import attrs
@@ -64,21 +64,35 @@ class ObservationMap:
         return cls(lambda z: observe_states(prior.decode(z)), linearize, with_tangent)
 
 
-@functools.cache
+_TAKES_GRAPH: weakref.WeakKeyDictionary[Callable[..., object], bool] = weakref.WeakKeyDictionary()
+
+
 def _takes_graph(method: Callable[..., object]) -> bool:
+    """Whether ``method`` has a ``graph`` parameter (kept per function of a class, weakly; read anew for other
+    callables, which need not be hashable)."""
+    func = getattr(method, "__func__", None)
+    if func is not None and func in _TAKES_GRAPH:
+        return _TAKES_GRAPH[func]
     try:
-        return "graph" in inspect.signature(method).parameters
+        takes = "graph" in inspect.signature(method).parameters
     except (TypeError, ValueError):  # no signature to read: do not guess
-        return False
+        takes = False
+    if func is not None:
+        _TAKES_GRAPH[func] = takes
+    return takes
 
 
 def decode_with_tangent(prior: DiffusionPrior, z: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]] | None:
     """``(prior.decode(z)`` with its autograd graph from ``z``, the decoder's tangent map at ``z)`` from one pass,
-    when the prior's ``linearize_decode`` takes ``graph``; else ``None`` (decode and linearize apart)."""
+    when the prior's ``linearize_decode`` takes ``graph``; else ``None`` (decode and linearize apart). Also ``None``
+    when a ``linearize_decode`` that takes ``graph`` returned ``decode(z)`` without a graph that ``z`` has."""
     linearize_decode = getattr(prior, "linearize_decode", None)
-    if linearize_decode is None or not _takes_graph(getattr(linearize_decode, "__func__", linearize_decode)):
+    if linearize_decode is None or not _takes_graph(linearize_decode):
         return None
-    return linearize_decode(z, graph=True)
+    x, dx_of = linearize_decode(z, graph=True)
+    if torch.is_grad_enabled() and z.requires_grad and not x.requires_grad:
+        return None
+    return x, dx_of
 
 
 def _tangent_map(f: Callable[[Tensor], Tensor], x: Tensor) -> Callable[[Tensor], Tensor]:

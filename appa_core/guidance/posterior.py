@@ -50,7 +50,7 @@ def guided_denoiser(
         with torch.enable_grad():
             leaf = z_t.detach().requires_grad_(True)
             z_hat = denoise(leaf, sigma)
-            with_tangent = getattr(observe, "with_tangent", None)
+            with_tangent = getattr(observe, "with_tangent", None) if isinstance(guidance, MMPS) else None
             y_hat, tangent = with_tangent(z_hat) if with_tangent is not None else (observe(z_hat), None)
             out, _ = guidance.guide(
                 leaf, z_hat, y_hat, observe, y, noise, sigma, names=names, warm=warm, tangent=tangent
@@ -366,7 +366,10 @@ class PosteriorDenoiser:
             if self.active:
                 assert self.guidance is not None and self.mask is not None
                 nw = len(self.starts)
-                y_hat, tangent = self._observe_with_tangent(zh)
+                if isinstance(self.guidance, MMPS):  # its solver's products need the tangent map; DPS does not
+                    y_hat, tangent = self._observe_with_tangent(zh)
+                else:
+                    y_hat, tangent = self._observe(zh), None
                 y = self._targets(nw, b, y_hat)
                 mask = self.mask[:, None, :].to(y_hat.device).expand(nw, b, -1)
                 sig_wb = sigma.reshape(1, b).expand(nw, b)
@@ -410,7 +413,10 @@ class PosteriorDenoiser:
                 zh = self.prior.denoise(leaf[0], sigma, times)[None]
                 if not bool(torch.isfinite(zh).all()):
                     raise GuidanceError(f"{where}: the prior's denoiser returned non-finite values")
-                y_hat, tangent = win.observe_with_tangent(zh)
+                if isinstance(self.guidance, MMPS):
+                    y_hat, tangent = win.observe_with_tangent(zh)
+                else:
+                    y_hat, tangent = win.observe(zh), None
                 y = win.targets(b, y_hat)
                 out, report = self.guidance.guide(
                     leaf, zh, y_hat, ObservationMap(win.observe, win.linearize), y, win.noise, sigma.reshape(1, b),
@@ -418,7 +424,7 @@ class PosteriorDenoiser:
                 )  # fmt: skip
             reports.append(report)
             outs.append(out[0])
-            del leaf, zh, y_hat, y  # this window's graph: freed before the next window's is built
+            del leaf, zh, y_hat, y, tangent  # this window's graph: freed before the next window's is built
         if reports:
             per_op: dict[str, float] = {}
             for r in reports:

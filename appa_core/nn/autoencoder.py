@@ -250,10 +250,11 @@ class _ChannelNorm(nn.Module):
         mu = x.mean(dim=1, keepdim=True)
         r = torch.rsqrt((x - mu).square().mean(dim=1, keepdim=True) + 1e-5)
         y = (x - mu) * r
+        r_, y_ = r.detach(), y.detach()  # the tangent keeps values, not the primal's graph (when it has one)
 
         def tangent(dx: Tensor) -> Tensor:
             dxc = dx - dx.mean(dim=1, keepdim=True)
-            return r * (dxc - y * (y * dxc).mean(dim=1, keepdim=True))
+            return r_ * (dxc - y_ * (y_ * dxc).mean(dim=1, keepdim=True))
 
         return y, tangent
 
@@ -274,8 +275,9 @@ class _ResBlock(nn.Module):
         r"""SiLU's derivative :math:`s(a)\,(1 + a\,(1 - s(a)))`, :math:`s` the logistic function."""
         y, norm_t = self.norm.linearize(x)
         a = self.conv1(y)
-        s = torch.sigmoid(a)
-        slope = s * (1 + a * (1 - s))
+        with torch.no_grad():  # the tangent's slopes: values, outside the primal's graph (when it has one)
+            s = torch.sigmoid(a)
+            slope = s * (1 + a * (1 - s))
         out = x + self.conv2(F.silu(a))
 
         def tangent(dx: Tensor) -> Tensor:

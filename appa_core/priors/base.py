@@ -11,7 +11,8 @@ A prior may also have ``linearize_decode(z) -> (decode(z), v -> J_decode(z) v)``
 guidance differentiates ``decode`` in forward mode). If it also takes ``graph=True`` (``decode(z)`` then keeps its
 autograd graph from ``z``), one decoder pass per guided call serves both the observation of the denoised state and
 the tangent map. A subclass that overrides ``decode`` must override ``linearize_decode`` too (or set it to
-``None``), or the guidance would linearize the parent's decoder.
+``None``): the guidance would otherwise linearize the parent's decoder and, with ``graph``, also observe the
+denoised state through it.
 """
 
 from __future__ import annotations
