@@ -12,12 +12,17 @@ The networks have the ``paper`` preset's architecture (721 x 1440 grid, 71 chann
 
 Each part runs ``--warmup`` times, then ``--repeats`` times: the median time (with min-max), and the peak memory
 allocated on the device during the timed runs (``torch.cuda.max_memory_allocated``; on CPU: not measured). A part
-that runs out of memory is reported as such, and the next part runs. It needs only ``appa_core`` with torch, numpy,
-scipy and attrs (no plugin, no data).
+that runs out of memory is reported as such, and the next part runs. It needs ``appa_core`` (no plugin, no data) and
+its imports on this path: torch, numpy, scipy, xarray, attrs, safetensors, tqdm and dask.
 
-Run (the device machine's python has torch; ``appa_core`` from the working tree)::
+Run, from the repository root::
 
-    PYTHONPATH=. python3 benchmarks/paper_gpu.py --out $OUT/paper_gpu.json            # about 5 minutes on an H200
+    PYTHONPATH=. python3 benchmarks/paper_gpu.py --out paper_gpu.json
+
+On a machine without internet whose python has all of these but dask (e.g. a GPU image with torch), bring dask's
+pure-Python wheels: download them where pip works (``pip download --no-deps -d .whl dask partd locket``) and
+install them there before the run (``pip install --no-index --no-deps --target /tmp/site .whl/*.whl`` and
+``PYTHONPATH=.:/tmp/site``).
 
 Check here on a CPU (same code, tiny preset)::
 
