@@ -195,7 +195,13 @@ def test_one_decoder_pass_per_guided_call(windowed: bool, monkeypatch: pytest.Mo
 
     monkeypatch.setattr(ae, "decode", counted_decode)
     monkeypatch.setattr(ae, "linearize_decode", counted_linearize)
+    import appa_core.nn.denoiser as denoiser_module
+
+    math_kernel: list[object] = []
+    sdpa_kernel = denoiser_module.sdpa_kernel
+    monkeypatch.setattr(denoiser_module, "sdpa_kernel", lambda *a: (math_kernel.append(a), sdpa_kernel(*a))[1])
     den(z, sigma)  # warm-up: the frame's fill state is decoded once and kept
+    assert math_kernel == []  # the guidance takes VJPs only: the denoiser keeps its fused attention kernel
     passes = len(bl.starts) if windowed else 1  # decoder calls per guided call (each one batched)
     counts.update(decode=0, linearize=0)
     one_pass = den(z, sigma)

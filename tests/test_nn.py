@@ -189,6 +189,38 @@ def test_denoiser_supports_jvp_and_double_backward() -> None:
     assert torch.isfinite(gg).all() and gg.abs().max() > 0
 
 
+def test_first_order_only_keeps_the_fused_attention(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under autograd outside of training the denoiser runs the math attention kernel (forward-mode AD and double
+    backward work, above); inside ``first_order_only`` (the guidance's calls) it keeps the fused kernel, with the same
+    output and VJP to float64 rounding, a backward after the context has ended, and ``torch.func.jvp`` refused."""
+    import appa_core.nn.denoiser as denoiser_module
+    from appa_core.nn import first_order_only
+
+    den = _tiny_denoiser().double().eval()
+    den.requires_grad_(False)
+    math_kernel = []
+    sdpa_kernel = denoiser_module.sdpa_kernel
+    monkeypatch.setattr(denoiser_module, "sdpa_kernel", lambda *a: (math_kernel.append(a), sdpa_kernel(*a))[1])
+    z = torch.randn(2, 4, 4, 4, 8, dtype=torch.float64)
+    v = torch.randn_like(z)
+    sigma = torch.tensor([0.7, 2.0], dtype=torch.float64)
+    x = z.clone().requires_grad_(True)
+    out = den.denoise(x, sigma)
+    assert len(math_kernel) == 2  # one per block
+    (g,) = torch.autograd.grad(out, x, v)
+    with first_order_only():
+        x_f = z.clone().requires_grad_(True)
+        out_f = den.denoise(x_f, sigma)
+        assert len(math_kernel) == 2  # no math kernel inside
+        with pytest.raises((NotImplementedError, RuntimeError)):
+            torch.func.jvp(lambda zz: den.denoise(zz, sigma), (z,), (v,))
+    (g_f,) = torch.autograd.grad(out_f, x_f, v)  # the backward after the context
+    torch.testing.assert_close(out_f, out, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(g_f, g, atol=1e-12, rtol=1e-12)
+    den.denoise(z.clone().requires_grad_(True), sigma)
+    assert len(math_kernel) == 4  # the context is over: the math kernel again, once per block
+
+
 def test_presets_build_and_paper_counts() -> None:
     ae, _ = build("tiny")
     tiny = get_preset("tiny")

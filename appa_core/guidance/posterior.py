@@ -16,6 +16,7 @@ from appa_core.guidance.dps import DPS
 from appa_core.guidance.mmps import MMPS, WarmStart
 from appa_core.guidance.observation_map import ObservationMap, decode_with_tangent
 from appa_core.guidance.report import GuidanceError, GuidanceReport, _failure_message
+from appa_core.nn.denoiser import first_order_only
 from appa_core.obs.errors import BlockDiagonal, DiagonalGaussian, NoiseModel
 from appa_core.obs.obsset import ObsSet
 from appa_core.priors.base import DiffusionPrior
@@ -47,7 +48,7 @@ def guided_denoiser(
     warm = WarmStart()
 
     def d(z_t: Tensor, sigma: Tensor) -> Tensor:
-        with torch.enable_grad():
+        with torch.enable_grad(), first_order_only():  # VJPs of the denoiser only: fused attention kernels
             leaf = z_t.detach().requires_grad_(True)
             z_hat = denoise(leaf, sigma)
             with_tangent = getattr(observe, "with_tangent", None) if isinstance(guidance, MMPS) else None
@@ -352,7 +353,7 @@ class PosteriorDenoiser:
         if self.windows is not None:
             return self._call_windowed(z, sigma, where)
         zw = torch.stack([z[:, a - self.offset : a - self.offset + self.size] for a in self.starts]).detach()
-        with torch.enable_grad():
+        with torch.enable_grad(), first_order_only():  # VJPs of the denoiser only: fused attention kernels
             if self.active:
                 zw.requires_grad_(True)
             zh = torch.stack(
@@ -408,7 +409,7 @@ class PosteriorDenoiser:
                 with torch.no_grad():
                     outs.append(self.prior.denoise(zi, sigma, times).detach())
                 continue
-            with torch.enable_grad():
+            with torch.enable_grad(), first_order_only():
                 leaf = zi[None].requires_grad_(True)
                 zh = self.prior.denoise(leaf[0], sigma, times)[None]
                 if not bool(torch.isfinite(zh).all()):

@@ -15,9 +15,12 @@ features ``[B, T, 4]`` (``appa_core.data.time_features``: sin/cos of year progre
 
 * **Conditioning**: adaptive LayerNorm (DiT "adaLN-Zero"). The modulation of a token is an MLP of
   ``embed(c_noise) + embed(time_features[t])``: per sample *and per time step*.
-* **Attention**: ``torch.nn.functional.scaled_dot_product_attention`` with QK RMS-normalisation. The fused CPU
-  kernels have neither forward-mode AD (``torch.func.jvp``) nor double backward, so the module uses the *math*
-  backend whenever gradients are enabled outside of training (the sampler's JVP/VJP through the denoiser).
+* **Attention**: ``torch.nn.functional.scaled_dot_product_attention`` with QK RMS-normalisation. The fused kernels
+  have neither forward-mode AD (``torch.func.jvp``) nor double backward, so the module uses the *math* backend
+  whenever gradients are enabled outside of training, unless the caller says that it takes only first-order VJPs
+  (:func:`first_order_only`, as the guidance does): the math backend saves the ``N x N`` attention weights of every
+  head and layer for the backward pass (``N`` tokens: 24,840 for the paper preset's window, about 20 GB per layer in
+  float32), the fused kernels do not.
 
 :class:`LatentDenoiser` is the raw network :math:`F`; :meth:`LatentDenoiser.denoise` applies EDM
 preconditioning (``appa_core.diffusion.precondition.edm_coefficients``):
@@ -26,7 +29,10 @@ preconditioning (``appa_core.diffusion.precondition.edm_coefficients``):
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+from collections.abc import Iterator
 
 import attrs
 import torch
@@ -36,7 +42,25 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from appa_core.diffusion.precondition import edm_coefficients
 
-__all__ = ["DenoiserConfig", "LatentDenoiser"]
+__all__ = ["DenoiserConfig", "LatentDenoiser", "first_order_only"]
+
+_FIRST_ORDER: contextvars.ContextVar[bool] = contextvars.ContextVar("appa_first_order_only", default=False)
+
+
+@contextlib.contextmanager
+def first_order_only() -> Iterator[None]:
+    """A context in which the caller takes only first-order reverse-mode derivatives (VJPs) of the networks it runs.
+
+    :class:`LatentDenoiser` then keeps the fused attention kernels under autograd outside of training (less time,
+    and no ``N x N`` attention weights saved for the backward pass). ``torch.func.jvp`` or a double backward through a
+    denoiser called inside raise torch's ``NotImplementedError`` / ``RuntimeError``; the backward passes of the
+    calls made inside may run after the context has ended.
+    """
+    token = _FIRST_ORDER.set(True)
+    try:
+        yield
+    finally:
+        _FIRST_ORDER.reset(token)
 
 
 @attrs.frozen(kw_only=True)
@@ -180,7 +204,8 @@ class LatentDenoiser(nn.Module):
         for lin in (self.modulation_out, self.embed_out):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
-        #: force the math attention kernel (forward-mode AD / double backward); ``None`` = automatic.
+        #: force the math attention kernel (forward-mode AD / double backward); ``None`` = automatic: the math kernel
+        #: when gradients are enabled outside of training, unless inside :func:`first_order_only`.
         self.math_attention: bool | None = None
 
     # ---------------------------------------------------------------- positions
@@ -236,7 +261,7 @@ class LatentDenoiser(nn.Module):
         rope = self._rope(steps, z.device, z.dtype)
         math_attention = self.math_attention
         if math_attention is None:
-            math_attention = torch.is_grad_enabled() and not self.training
+            math_attention = torch.is_grad_enabled() and not self.training and not _FIRST_ORDER.get()
         for block in self.blocks:
             x = block(x, cond, rope, math_attention)
         s, b = self.modulation_out(cond).chunk(2, dim=-1)
