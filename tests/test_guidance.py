@@ -488,8 +488,17 @@ def test_observation_map_through_decoder_equals_forward_mode_ad() -> None:
         counts.__setitem__("linearize", counts["linearize"] + 1),
         linearize(zz, graph),
     )[1]
-    a = guided(fast)
+    import appa_core.nn.denoiser as denoiser_module
+
+    math_kernel: list[object] = []
+    sdpa_kernel = denoiser_module.sdpa_kernel
+    denoiser_module.sdpa_kernel = lambda *k: (math_kernel.append(k), sdpa_kernel(*k))[1]  # type: ignore[assignment]
+    try:
+        a = guided(fast)
+    finally:
+        denoiser_module.sdpa_kernel = sdpa_kernel
     assert counts == {"decode": 0, "linearize": 1}  # one decoder pass: the observations and the tangent map
+    assert math_kernel == []  # VJPs of the denoiser only: its fused attention kernels (first_order_only)
     del ae.decode, ae.linearize_decode
     b = guided(lambda zz: obs(prior.decode(zz)))
     assert float((b - z).abs().max()) > 1e-2

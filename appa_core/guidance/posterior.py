@@ -48,9 +48,10 @@ def guided_denoiser(
     warm = WarmStart()
 
     def d(z_t: Tensor, sigma: Tensor) -> Tensor:
-        with torch.enable_grad(), first_order_only():  # VJPs of the denoiser only: fused attention kernels
+        with torch.enable_grad():
             leaf = z_t.detach().requires_grad_(True)
-            z_hat = denoise(leaf, sigma)
+            with first_order_only():  # the guidance takes VJPs of the denoiser only: its fused attention kernels
+                z_hat = denoise(leaf, sigma)
             with_tangent = getattr(observe, "with_tangent", None) if isinstance(guidance, MMPS) else None
             y_hat, tangent = with_tangent(z_hat) if with_tangent is not None else (observe(z_hat), None)
             out, _ = guidance.guide(
@@ -353,15 +354,16 @@ class PosteriorDenoiser:
         if self.windows is not None:
             return self._call_windowed(z, sigma, where)
         zw = torch.stack([z[:, a - self.offset : a - self.offset + self.size] for a in self.starts]).detach()
-        with torch.enable_grad(), first_order_only():  # VJPs of the denoiser only: fused attention kernels
+        with torch.set_grad_enabled(self.active):  # unguided (no observation to use): no graph
             if self.active:
                 zw.requires_grad_(True)
-            zh = torch.stack(
-                [
-                    self.prior.denoise(zw[i], sigma, self.frame_times[a : a + self.size])
-                    for i, a in enumerate(self.starts)
-                ]
-            )
+            with first_order_only():  # the guidance takes VJPs of the denoiser only: its fused attention kernels
+                zh = torch.stack(
+                    [
+                        self.prior.denoise(zw[i], sigma, self.frame_times[a : a + self.size])
+                        for i, a in enumerate(self.starts)
+                    ]
+                )
             if not bool(torch.isfinite(zh).all()):
                 raise GuidanceError(f"{where}: the prior's denoiser returned non-finite values")
             if self.active:
@@ -409,9 +411,10 @@ class PosteriorDenoiser:
                 with torch.no_grad():
                     outs.append(self.prior.denoise(zi, sigma, times).detach())
                 continue
-            with torch.enable_grad(), first_order_only():
+            with torch.enable_grad():
                 leaf = zi[None].requires_grad_(True)
-                zh = self.prior.denoise(leaf[0], sigma, times)[None]
+                with first_order_only():
+                    zh = self.prior.denoise(leaf[0], sigma, times)[None]
                 if not bool(torch.isfinite(zh).all()):
                     raise GuidanceError(f"{where}: the prior's denoiser returned non-finite values")
                 if isinstance(self.guidance, MMPS):

@@ -19,8 +19,8 @@ features ``[B, T, 4]`` (``appa_core.data.time_features``: sin/cos of year progre
   have neither forward-mode AD (``torch.func.jvp``) nor double backward, so the module uses the *math* backend
   whenever gradients are enabled outside of training, unless the caller says that it takes only first-order VJPs
   (:func:`first_order_only`, as the guidance does): the math backend saves the ``N x N`` attention weights of every
-  head and layer for the backward pass (``N`` tokens: 24,840 for the paper preset's window, about 20 GB per layer in
-  float32), the fused kernels do not.
+  head and layer for the backward pass (``N`` tokens: 24,840 for the paper preset's window, about 20 GB per layer and
+  member in float32), the fused kernels do not.
 
 :class:`LatentDenoiser` is the raw network :math:`F`; :meth:`LatentDenoiser.denoise` applies EDM
 preconditioning (``appa_core.diffusion.precondition.edm_coefficients``):
