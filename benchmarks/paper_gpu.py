@@ -7,8 +7,8 @@ The networks have the ``paper`` preset's architecture (721 x 1440 grid, 71 chann
 * **autoencoder step**: ``autoencoder_loss`` of one state (batch ``--batch``), backward, AdamW step;
 * **denoiser step**: the denoising loss of one window of latent states, backward, AdamW step;
 * **guided call**: one :class:`~appa_core.guidance.PosteriorDenoiser` call on one window (one member) at noise level
-  sigma = 1, with ``--obs`` point observations of single grid values (random places, times and channels; the
-  core's :class:`~appa_core.obs.PointOperator`), MMPS with ``k`` GMRES iterations from zero for each ``--k``.
+  sigma = 1, with ``--obs`` point observations of single state values (random entries of the window: places, times
+  and channels; ``Picks`` of ``benchmarks/sampler.py``), MMPS with ``k`` GMRES iterations from zero for each ``--k``.
 
 Each part runs ``--warmup`` times, then ``--repeats`` times: the median time (with min-max), and the peak memory
 allocated on the device during the timed runs (``torch.cuda.max_memory_allocated``; on CPU: not measured). A part
@@ -39,32 +39,21 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import attrs
 import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from sampler import Picks  # noqa: E402  (the benchmarks' point-observation operator)
 
 from appa_core.data.stats import NormStats  # noqa: E402
 from appa_core.guidance import MMPS, PosteriorDenoiser, observation_time_ranges  # noqa: E402
 from appa_core.nn.autoencoder import autoencoder_loss  # noqa: E402
 from appa_core.nn.presets import build, count_parameters, get_preset  # noqa: E402
-from appa_core.obs import ObsSet, PointOperator  # noqa: E402
+from appa_core.obs import ObsSet  # noqa: E402
 from appa_core.priors.latent import Prior  # noqa: E402
-from appa_core.spec import StateSpec  # noqa: E402
-
-
-@attrs.define(kw_only=True, eq=False)
-class GridValues(PointOperator):
-    """One channel per observation, named ``"variable"`` or ``"variable@level"``, interpolated at its place."""
-
-    def _channel_stencil(self, spec: StateSpec) -> tuple[np.ndarray, np.ndarray]:
-        ch = []
-        for v in self.variable:
-            name, _, lev = str(v).partition("@")
-            ch.append(spec.index(name, float(lev) if lev else None, owner=str(self.name)))
-        return np.asarray(ch)[:, None], np.ones((self.size, 1))
 
 
 def _sync(device: torch.device) -> None:
@@ -152,15 +141,10 @@ def paper_prior(preset: str, device: torch.device) -> Prior:
 def guided_call(prior: Prior, device: torch.device, n_obs: int, k: int) -> Callable[[], object]:
     length = prior.window
     times = (np.datetime64("2020-01-01T00", "ns") + np.arange(length) * prior.timestep).astype("datetime64[ns]")
-    spec = prior.spec
-    names = [*spec.surface, *(f"{v}@{lev:g}" for v in spec.atmospheric for lev in spec.levels)]
     g = np.random.default_rng(0)
-    op = GridValues(
-        variable=np.asarray(names)[g.integers(0, len(names), n_obs)],
-        lat=np.rad2deg(np.arcsin(g.uniform(-1.0, 1.0, n_obs))), lon=g.uniform(0.0, 360.0, n_obs),
-        time=times[g.integers(0, length, n_obs)], value=g.normal(270.0, 10.0, n_obs), error=1.0, name="points",
-    )  # fmt: skip
-    obs = ObsSet([op]).prepare(prior.grid, spec, times)
+    d = length * prior.spec.n_channels * prior.grid.shape[0] * prior.grid.shape[1]
+    picks = Picks(g.choice(d, n_obs, replace=False), g.normal(270.0, 10.0, n_obs))
+    obs = ObsSet([picks]).prepare(prior.grid, prior.spec, times)
     den = PosteriorDenoiser(
         prior, times, [0], length, [(0, length)], 0, length, obs=obs,
         row_range=observation_time_ranges(obs, prior, length), guidance=MMPS(maxiter=k, tol=None, warm_start=False),
