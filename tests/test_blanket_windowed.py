@@ -157,27 +157,12 @@ def test_one_decoder_pass_per_guided_call(windowed: bool, monkeypatch: pytest.Mo
     denoised state once: the pass that observes it, with its graph for the VJPs, also gives the tangent map of the
     solver's products. Before, it decoded twice (a forward for the observations, a linearization); a prior without
     ``graph`` still takes that path. The two give the same output to float32 rounding."""
-    from _guided_helpers import tiny_latent_prior
 
     import appa_core.guidance.observation_map as om
 
-    prior = tiny_latent_prior()
-    k, length = prior.window, 2 * prior.window - 1
-    times = window_times(length)
-    g = np.random.default_rng(0)
-    n_obs = 30
-    variables = np.array(["2m_temperature", "temperature@500", "temperature@850"])
-    op = Points(
-        variable=variables[g.integers(0, 3, n_obs)], lat=g.uniform(-80, 80, n_obs), lon=g.uniform(0, 360, n_obs),
-        time=times[g.integers(0, length, n_obs)], value=g.normal(270, 10, n_obs), error=1.0, name="points",
-    )  # fmt: skip
-    obs = ObsSet([op]).prepare(prior.grid, prior.spec, times)
-    bl = Blanket(length, k, 1)
-    den = PosteriorDenoiser(
-        prior, times, bl.starts, bl.size, bl.keep, 0, length, obs=obs,
-        row_range=observation_time_ranges(obs, prior, length), guidance=MMPS("gmres", 3, None, warm_start=False),
-        windowed=windowed,
-    )  # fmt: skip
+    prior, times, obs, bl = _latent_blankets(2, 30, ["2m_temperature", "temperature@500", "temperature@850"])
+    length = times.size
+    den = _denoisers(prior, obs, times, bl, guidance=MMPS("gmres", 3, None, warm_start=False))[0 if windowed else 1]
     assert (den.windows is not None) == windowed
     z = torch.randn(2, *prior.event_shape(length), generator=torch.Generator().manual_seed(1))
     sigma = torch.full((2,), 0.8)
@@ -215,10 +200,7 @@ def test_one_decoder_pass_per_guided_call(windowed: bool, monkeypatch: pytest.Mo
     assert float((one_pass - two_passes).abs().max()) < 1e-5 * step
     monkeypatch.undo()
     # DPS needs no tangent map: one decoder pass, no linearization
-    dps = PosteriorDenoiser(
-        prior, times, bl.starts, bl.size, bl.keep, 0, length, obs=obs, row_range=den_rows(obs, prior, length),
-        guidance=DPS(zeta=0.01), windowed=windowed,
-    )  # fmt: skip
+    dps = _denoisers(prior, obs, times, bl, guidance=DPS(zeta=0.01))[0 if windowed else 1]
     dps(z, sigma)
     monkeypatch.setattr(ae, "decode", counted_decode)
     monkeypatch.setattr(ae, "linearize_decode", counted_linearize)
@@ -227,8 +209,21 @@ def test_one_decoder_pass_per_guided_call(windowed: bool, monkeypatch: pytest.Mo
     assert counts == {"decode": passes, "linearize": 0}
 
 
-def den_rows(obs: ObsSet, prior: object, length: int) -> tuple[np.ndarray, np.ndarray]:
-    return observation_time_ranges(obs, prior, length)  # type: ignore[arg-type]
+def _latent_blankets(windows: int, n_obs: int, variables: list[str]):  # type: ignore[no-untyped-def]
+    """The tiny latent prior on ``windows`` blankets of its window with overlap 1, and ``n_obs`` point observations
+    of ``variables`` at random places and states, prepared: ``(prior, times, obs, blanket)``."""
+    from _guided_helpers import tiny_latent_prior
+
+    prior = tiny_latent_prior()
+    length = windows * (prior.window - 1) + 1
+    times = window_times(length)
+    g = np.random.default_rng(0)
+    op = Points(
+        variable=np.array(variables)[g.integers(0, len(variables), n_obs)],
+        lat=g.uniform(-80, 80, n_obs), lon=g.uniform(0, 360, n_obs), time=times[g.integers(0, length, n_obs)],
+        value=g.normal(270, 10, n_obs), error=1.0, name="points",
+    )  # fmt: skip
+    return prior, times, ObsSet([op]).prepare(prior.grid, prior.spec, times), Blanket(length, prior.window, 1)
 
 
 def test_windowed_graph_is_freed_before_the_next_window() -> None:
@@ -237,25 +232,8 @@ def test_windowed_graph_is_freed_before_the_next_window() -> None:
     saved for backward by an earlier window is alive."""
     import weakref
 
-    from _guided_helpers import tiny_latent_prior
-
-    prior = tiny_latent_prior()
-    k, length = prior.window, 3 * prior.window - 2
-    times = window_times(length)
-    g = np.random.default_rng(0)
-    n_obs = 40
-    op = Points(
-        variable=np.array(["2m_temperature", "temperature@500"])[g.integers(0, 2, n_obs)],
-        lat=g.uniform(-80, 80, n_obs), lon=g.uniform(0, 360, n_obs), time=times[g.integers(0, length, n_obs)],
-        value=g.normal(270, 10, n_obs), error=1.0, name="points",
-    )  # fmt: skip
-    obs = ObsSet([op]).prepare(prior.grid, prior.spec, times)
-    bl = Blanket(length, k, 1)
-    den = PosteriorDenoiser(
-        prior, times, bl.starts, bl.size, bl.keep, 0, length, obs=obs,
-        row_range=observation_time_ranges(obs, prior, length), guidance=MMPS("gmres", 2, None, warm_start=False),
-        windowed=True,
-    )  # fmt: skip
+    prior, times, obs, bl = _latent_blankets(3, 40, ["2m_temperature", "temperature@500"])
+    den = _denoisers(prior, obs, times, bl, guidance=MMPS("gmres", 2, None, warm_start=False))[0]
     assert den.windows is not None and sum(w is not None for w in den.windows) >= 3
     weights = {id(t) for t in [*prior.autoencoder.parameters(), *prior.autoencoder.buffers()]}
     weights |= {id(t) for t in [*prior.denoiser.parameters(), *prior.denoiser.buffers()]}
@@ -276,7 +254,7 @@ def test_windowed_graph_is_freed_before_the_next_window() -> None:
         return denoise(*args, **kwargs)
 
     prior.denoise = watched  # type: ignore[method-assign]
-    z = torch.randn(2, *prior.event_shape(length), generator=torch.Generator().manual_seed(1))
+    z = torch.randn(2, *prior.event_shape(times.size), generator=torch.Generator().manual_seed(1))
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         den(z, torch.full((2,), 0.8))
     assert len(alive_at_denoise) == len(bl.starts) and alive_at_denoise == [0] * len(bl.starts)
